@@ -1,0 +1,1 @@
+"""rpturn's STUN/TURN relay: a sans-I/O protocol core and a thin Twisted shell."""

@@ -1,0 +1,1 @@
+"""Console scripts: the turnutils-style harness and the operator's user-database tool."""

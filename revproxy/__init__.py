@@ -1,0 +1,1 @@
+"""rpturn's HTTPS reverse proxy to the Conferencing Nodes."""
