@@ -1,0 +1,184 @@
+"""The relay's configuration: the `[relay]` table of the appliance's TOML file -> a frozen `RelayConfig`.
+
+Every problem is one `ConfigError` naming the file, the key and what is wrong, so an operator fixes it in one go.
+Unknown keys are errors too: a misspelt key silently ignored is a security setting silently not applied.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message names the file and the key."""
+
+
+@dataclass(frozen=True)
+class RelayConfig:
+    listen: tuple[tuple[str, int], ...] = (("0.0.0.0", 3478),)
+    realm: str = "example.com"
+    min_port: int = 49152
+    max_port: int = 65535
+    allowed_peers: tuple[str, ...] = ()
+    denied_peers: tuple[str, ...] = ()
+    external_ip: str | None = None
+    relay_ip: str | None = None
+    userdb: str | None = None
+    users: Mapping[str, str] = field(default_factory=dict)
+    user_quota: int = 0
+    total_quota: int = 0
+    workers: int = 1
+    software: str = "rpturn"
+    default_lifetime: int = 600
+    max_lifetime: int = 3600
+    nonce_lifetime: int = 600
+    nonce_secret: str | None = None
+    # Where this config came from, for reloads and messages; not a TOML key.
+    source: str | None = None
+
+
+_KEYS = {f.name for f in dataclasses.fields(RelayConfig)} - {"source"}
+
+
+def parse_hostport(text: str, *, default_port: int | None = None) -> tuple[str, int]:
+    """'1.2.3.4:3478', '[::]:3478' or (with a default port) a bare address -> (host, port)."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r} is not [IPv6]:port")
+        port_text = rest[1:]
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    elif default_port is not None:
+        host, port_text = text, ""
+    else:
+        raise ValueError(f"{text!r} is not address:port")
+    ipaddress.ip_address(host)
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"{text!r} has no port")
+        return host, default_port
+    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+        raise ValueError(f"{text!r} has no valid port (1-65535)")
+    return host, int(port_text)
+
+
+def _check_ip(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError("must be an IP address string")
+    return str(ipaddress.ip_address(value))
+
+
+def _check_cidrs(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError('must be a list of CIDR strings, e.g. ["127.0.0.0/8"]')
+    return tuple(str(ipaddress.ip_network(v, strict=False)) for v in value)
+
+
+def _check_int(low: int, high: int):
+    def check(value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(f"must be an integer from {low} to {high}, got {value!r}")
+        return value
+
+    return check
+
+
+def _check_str(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError("must be a non-empty string")
+    return value
+
+
+def _check_listen(value: Any) -> tuple[tuple[str, int], ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value:
+        raise ValueError('must be a list of "address:port" strings, e.g. ["0.0.0.0:3478"]')
+    return tuple(parse_hostport(v, default_port=3478) for v in value)
+
+
+def _check_users(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError("must be a table of user = \"password\"")
+    for user, password in value.items():
+        if not isinstance(password, str) or not password:
+            raise ValueError(f"user {user!r}: the password must be a non-empty string")
+    return dict(value)
+
+
+def _check_workers(value: Any) -> int:
+    if value == "auto":
+        return os.cpu_count() or 1
+    return _check_int(1, 256)(value)
+
+
+_CHECKS = {
+    "listen": _check_listen,
+    "realm": _check_str,
+    "min_port": _check_int(1, 65535),
+    "max_port": _check_int(1, 65535),
+    "allowed_peers": _check_cidrs,
+    "denied_peers": _check_cidrs,
+    "external_ip": _check_ip,
+    "relay_ip": _check_ip,
+    "userdb": _check_str,
+    "users": _check_users,
+    "user_quota": _check_int(0, 10_000_000),
+    "total_quota": _check_int(0, 10_000_000),
+    "workers": _check_workers,
+    "software": _check_str,
+    "default_lifetime": _check_int(30, 86400),
+    "max_lifetime": _check_int(30, 86400),
+    "nonce_lifetime": _check_int(10, 86400),
+    "nonce_secret": _check_str,
+}
+assert set(_CHECKS) == _KEYS
+
+
+def relay_config_from_table(table: Mapping[str, Any], source: str = "<config>") -> RelayConfig:
+    """Validate a `[relay]` table (already parsed TOML, or command-line overrides merged into it)."""
+    values: dict[str, Any] = {}
+    for key, raw in table.items():
+        if key not in _CHECKS:
+            raise ConfigError(f"{source}: [relay] {key}: unknown key (known: {', '.join(sorted(_KEYS))})")
+        try:
+            values[key] = _CHECKS[key](raw)
+        except ValueError as exc:
+            raise ConfigError(f"{source}: [relay] {key}: {exc}") from None
+    config = RelayConfig(**values, source=source)
+    if config.min_port > config.max_port:
+        raise ConfigError(f"{source}: [relay] min_port: {config.min_port} is above max_port {config.max_port}")
+    if config.default_lifetime > config.max_lifetime:
+        raise ConfigError(f"{source}: [relay] default_lifetime: above max_lifetime {config.max_lifetime}")
+    if config.userdb is None and not config.users:
+        raise ConfigError(f"{source}: [relay] users: no credentials: set [relay.users] or userdb")
+    return config
+
+
+def read_toml(path: str) -> dict[str, Any]:
+    """The whole TOML file; a missing or unparsable file is one ConfigError naming it."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+
+
+def load_relay_config(path: str, overrides: Mapping[str, Any] | None = None) -> RelayConfig:
+    """Read the `[relay]` table of `path`, apply command-line overrides, validate."""
+    document = read_toml(path)
+    table = document.get("relay", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [relay]: must be a table")
+    merged = {**table, **(overrides or {})}
+    return relay_config_from_table(merged, source=path)

@@ -1,0 +1,188 @@
+"""makeService(config) -> the relay as a Twisted service: listeners, the expiry sweep, SIGHUP reload.
+
+Builds the pure core (`TurnServer` with its credential store, nonce issuer, peer policy and port pool) and the
+Twisted shell around it. Everything is passed in, so tests can hand over their own reactor.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import resource
+import signal
+import socket
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.interfaces import IReactorCore
+from twisted.logger import Logger
+
+from relay.allocation import TurnServer, TurnSettings
+from relay.auth import CredentialStore, NonceIssuer, UserDbError
+from relay.config import ConfigError, RelayConfig, load_relay_config
+from relay.policy import PeerPolicy
+from relay.ports import PortPool
+from relay.server import MAX_DATAGRAM, TurnTCPFactory, TurnUDPListener, relay_opener
+
+log = Logger()
+
+WILDCARDS = ("0.0.0.0", "::")
+
+
+def primary_address() -> str | None:
+    """The address this host would use towards the internet.
+
+    A connected UDP socket only asks the kernel for a route: no packet is sent. 192.0.2.1 is TEST-NET-1.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.1", 9))
+        except OSError:
+            return None
+        return probe.getsockname()[0]
+
+
+def advertised_relay_ip(config: RelayConfig) -> str:
+    """The address relay sockets are reachable on, before any external_ip NAT mapping."""
+    if config.relay_ip and config.relay_ip not in WILDCARDS:
+        return config.relay_ip
+    for host, _port in config.listen:
+        if host not in WILDCARDS and ":" not in host:
+            return host
+    found = primary_address()
+    if found is None:
+        log.warn("no relay_ip set and no route to find one: advertising 127.0.0.1; set relay_ip")
+        return "127.0.0.1"
+    return found
+
+
+def raise_open_files_limit() -> int:
+    """Each allocation holds a socket: raise RLIMIT_NOFILE to the hard limit and say what we got."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = hard if hard != resource.RLIM_INFINITY else 1_048_576
+    if soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError) as exc:
+            log.warn("could not raise the open-files limit from {soft}: {error}", soft=soft, error=exc)
+    log.info("open-files limit {limit} (each allocation holds one socket)", limit=soft)
+    return soft
+
+
+def turn_settings(config: RelayConfig, relay_ip: str) -> TurnSettings:
+    return TurnSettings(
+        realm=config.realm,
+        software=config.software,
+        relay_ip=relay_ip,
+        external_ip=config.external_ip,
+        default_lifetime=config.default_lifetime,
+        max_lifetime=config.max_lifetime,
+        user_quota=config.user_quota,
+        total_quota=config.total_quota,
+    )
+
+
+def peer_policy(config: RelayConfig, relay_ip: str) -> PeerPolicy:
+    own = {host for host, _port in config.listen} | {relay_ip}
+    own |= {ip for ip in (config.relay_ip, config.external_ip) if ip}
+    return PeerPolicy(allowed=config.allowed_peers, denied=config.denied_peers, own_addresses=sorted(own))
+
+
+class RelayService(Service):
+    """Owns the core and its listening ports; reloads on SIGHUP; deletes every allocation on stop."""
+
+    def __init__(self, config: RelayConfig, reactor, nonce_secret: bytes | None = None) -> None:
+        self.config = config
+        self.reactor = reactor
+        self.relay_ip = advertised_relay_ip(config)
+        bind_ip = config.relay_ip or "0.0.0.0"
+        if nonce_secret is None:
+            nonce_secret = bytes.fromhex(config.nonce_secret) if config.nonce_secret else os.urandom(32)
+        self.core = TurnServer(
+            turn_settings(config, self.relay_ip),
+            credentials=CredentialStore(config.realm, config.users, config.userdb),
+            nonces=NonceIssuer(nonce_secret, lifetime=config.nonce_lifetime),
+            policy=peer_policy(config, self.relay_ip),
+            ports=PortPool(config.min_port, config.max_port),
+            open_relay=relay_opener(reactor, bind_ip),
+            clock=reactor.seconds,
+        )
+        self.ports: list = []
+
+    def startService(self) -> None:
+        super().startService()
+        raise_open_files_limit()
+        for host, port in self.config.listen:
+            local = (host, port)
+            udp = self.reactor.listenUDP(port, TurnUDPListener(self.core, local), interface=host,
+                                         maxPacketSize=MAX_DATAGRAM)
+            tcp = self.reactor.listenTCP(port, TurnTCPFactory(self.core, local), interface=host, backlog=1024)
+            self.ports += [udp, tcp]
+            log.info("relay listening on {host}:{port} (UDP and TCP)", host=host, port=port)
+        log.info(
+            "relay ready: realm {realm}, relay address {relay_ip} (advertised {advertised}), ports {low}-{high}",
+            realm=self.config.realm, relay_ip=self.relay_ip, advertised=self.config.external_ip or self.relay_ip,
+            low=self.config.min_port, high=self.config.max_port,
+        )
+
+    def stopService(self):
+        super().stopService()
+        self.core.close()
+        ports, self.ports = self.ports, []
+        for port in ports:
+            port.stopListening()
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the config file and the userdb; live allocations are kept."""
+        source = self.config.source
+        try:
+            new = load_relay_config(source) if source and os.path.exists(source) else self.config
+            credentials = CredentialStore(new.realm, new.users, new.userdb)
+        except (ConfigError, UserDbError, OSError) as exc:
+            log.error("reload failed, keeping the running configuration: {error}", error=exc)
+            return
+        if new.listen != self.config.listen or (new.min_port, new.max_port) != (
+            self.config.min_port, self.config.max_port,
+        ):
+            log.warn("listen addresses and the port range change only on restart")
+        self.core.reconfigure(
+            settings=dataclasses.replace(turn_settings(new, self.relay_ip)),
+            credentials=credentials,
+            policy=peer_policy(new, self.relay_ip),
+        )
+        self.config = dataclasses.replace(new, listen=self.config.listen, min_port=self.config.min_port,
+                                          max_port=self.config.max_port)
+        log.info("configuration reloaded from {source}: {users} inline users, userdb {userdb}",
+                 source=source, users=len(new.users), userdb=new.userdb)
+
+
+def install_sighup(reactor: IReactorCore, reload) -> None:
+    """The reactor leaves SIGHUP at its default (terminate): make it a reload instead."""
+
+    def on_sighup(signum, frame):
+        reactor.callFromThread(reload)
+
+    signal.signal(signal.SIGHUP, on_sighup)
+
+
+def makeService(config: RelayConfig, reactor=None, *, nonce_secret: bytes | None = None) -> MultiService:
+    if reactor is None:
+        from twisted.internet import reactor  # the global reactor only when none is given
+    top = MultiService()
+    relay = RelayService(config, reactor, nonce_secret)
+    relay.setServiceParent(top)
+    sweep = TimerService(1.0, relay.core.expire)
+    sweep.clock = reactor
+    sweep.setServiceParent(top)
+    stats = TimerService(60.0, log_stats, relay.core)
+    stats.clock = reactor
+    stats.setServiceParent(top)
+    reactor.callWhenRunning(install_sighup, reactor, relay.reload)
+    top.relay = relay  # type: ignore[attr-defined]
+    return top
+
+
+def log_stats(core: TurnServer) -> None:
+    log.info("relay stats: {allocations} allocations, {counters}",
+             allocations=len(core.allocations), counters=dict(core.stats))
