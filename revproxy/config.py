@@ -1,0 +1,224 @@
+"""The `[revproxy]` table of the appliance's TOML file -> a frozen `ProxyConfig`.
+
+Every bad value is one `ConfigError` naming the file, the key and what is wrong; nothing here touches the network
+(node names are resolved by the service, once per load).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from dataclasses import dataclass, field
+from ipaddress import ip_address
+from typing import Any
+
+TABLE = "revproxy"
+MiB = 1024 * 1024
+
+
+class ConfigError(Exception):
+    """A bad configuration: the file, the key and what is wrong, in one line."""
+
+    def __init__(self, path: str, key: str, problem: str) -> None:
+        self.path, self.key, self.problem = path, key, problem
+        super().__init__(f"{path}: [{TABLE}] {key}: {problem}")
+
+
+@dataclass(frozen=True)
+class Listen:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    """A Conferencing Node as configured: `host` may be a DNS name (resolved once per load, used for SNI)."""
+
+    host: str
+    port: int
+    weight: int = 1
+
+    @property
+    def name(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ProxyConfig:
+    path: str = "<defaults>"
+    https: Listen | None = Listen("0.0.0.0", 443)
+    http: Listen | None = Listen("0.0.0.0", 80)
+    certificate: str = ""
+    hostname: str = field(default_factory=socket.getfqdn)
+    self_signed: str = "var/revproxy-selfsigned.pem"
+    nodes: tuple[NodeSpec, ...] = ()
+    balance: str = "round_robin"
+    verify_nodes: bool = False
+    ca_file: str = ""
+    connect_timeout: float = 3.0
+    api_connect_timeout: float = 20.0
+    fail_timeout: float = 10.0
+    health_check: str = ""
+    health_interval: float = 5.0
+    max_body_size: int = 15 * MiB
+    client_timeout: float = 30.0
+    keepalive_timeout: float = 75.0
+    upstream_read_timeout: float = 60.0
+    upstream_keepalive: int = 64
+    drain_timeout: float = 30.0
+    webapp_dir: str = ""
+    webapp_path: str = "/webapp/"
+    access_log: bool = True
+    workers: int = 1
+
+
+BALANCES = ("round_robin", "client_ip")
+_FLOATS = ("connect_timeout", "api_connect_timeout", "fail_timeout", "health_interval", "client_timeout",
+           "keepalive_timeout", "upstream_read_timeout", "drain_timeout")
+_STRINGS = ("certificate", "hostname", "self_signed", "ca_file", "health_check", "webapp_dir", "webapp_path")
+_KNOWN = {f for f in ProxyConfig.__dataclass_fields__ if f != "path"} | {"weights"}
+
+
+def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
+    """`"10.0.0.1:443"`, `"[::1]:443"`, `"node.example.com:443"` -> (host, port); raises ValueError."""
+    if text.startswith("["):
+        host, sep, rest = text[1:].partition("]")
+        if not sep or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r} is not [address]:port")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            host, port_text = text, ""
+        elif ":" in host:
+            raise ValueError(f"{text!r}: put IPv6 addresses in brackets, as [::1]:443")
+    if not port_text:
+        if default_port is None:
+            raise ValueError(f"{text!r} has no port")
+        port = default_port
+    else:
+        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
+            raise ValueError(f"{text!r}: port must be 1-65535")
+        port = int(port_text)
+    if not host:
+        raise ValueError(f"{text!r} has no host")
+    return host, port
+
+
+def _listen(path: str, key: str, value: Any) -> Listen | None:
+    if value in ("", False):
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(path, key, f"expected \"address:port\" or \"\" (off), got {value!r}")
+    try:
+        host, port = parse_hostport(value)
+        ip_address(host)
+    except ValueError as e:
+        raise ConfigError(path, key, f"expected \"address:port\" with a numeric address: {e}") from None
+    return Listen(host, port)
+
+
+def from_table(table: dict[str, Any], path: str = "<config>") -> ProxyConfig:
+    """Validate one `[revproxy]` table (already merged with option overrides)."""
+    unknown = sorted(set(table) - _KNOWN)
+    if unknown:
+        raise ConfigError(path, unknown[0], f"unknown key (known: {', '.join(sorted(_KNOWN))})")
+    values: dict[str, Any] = {"path": path}
+    for key in ("https", "http"):
+        if key in table:
+            values[key] = _listen(path, key, table[key])
+    for key in _STRINGS:
+        if key in table:
+            if not isinstance(table[key], str):
+                raise ConfigError(path, key, f"expected a string, got {table[key]!r}")
+            values[key] = table[key]
+    for key in _FLOATS:
+        if key in table:
+            v = table[key]
+            if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
+                raise ConfigError(path, key, f"expected a positive number of seconds, got {v!r}")
+            values[key] = float(v)
+    for key in ("max_body_size", "upstream_keepalive"):
+        if key in table:
+            v = table[key]
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                raise ConfigError(path, key, f"expected a whole number >= 0, got {v!r}")
+            values[key] = v
+    for key in ("verify_nodes", "access_log"):
+        if key in table:
+            if not isinstance(table[key], bool):
+                raise ConfigError(path, key, f"expected true or false, got {table[key]!r}")
+            values[key] = table[key]
+    if "balance" in table:
+        if table["balance"] not in BALANCES:
+            raise ConfigError(path, "balance", f"expected one of {', '.join(BALANCES)}, got {table['balance']!r}")
+        values["balance"] = table["balance"]
+    if "workers" in table:
+        v = table["workers"]
+        if v == "auto":
+            v = os.cpu_count() or 1
+        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 256:
+            raise ConfigError(path, "workers", f"expected 1-256 or \"auto\", got {table['workers']!r}")
+        values["workers"] = v
+    values["nodes"] = _nodes(path, table.get("nodes", []), table.get("weights", {}))
+    wp = values.get("webapp_path", "/webapp/")
+    if not (wp.startswith("/") and wp.endswith("/")):
+        raise ConfigError(path, "webapp_path", f"must start and end with '/', got {wp!r}")
+    hc = values.get("health_check", "")
+    if hc and not hc.startswith("/"):
+        raise ConfigError(path, "health_check", f"must be a path starting with '/', got {hc!r}")
+    wd = values.get("webapp_dir", "")
+    if wd and not os.path.isdir(wd):
+        raise ConfigError(path, "webapp_dir", f"{wd!r} is not a directory")
+    ca = values.get("ca_file", "")
+    if ca and not os.path.isfile(ca):
+        raise ConfigError(path, "ca_file", f"{ca!r} does not exist")
+    if values.get("https", ProxyConfig.https) is None:
+        raise ConfigError(path, "https", "the HTTPS listener cannot be turned off")
+    return ProxyConfig(**values)
+
+
+def _nodes(path: str, nodes: Any, weights: Any) -> tuple[NodeSpec, ...]:
+    if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) for n in nodes):
+        raise ConfigError(path, "nodes", f"expected a non-empty list of \"address:port\" strings, got {nodes!r}")
+    if not isinstance(weights, dict):
+        raise ConfigError(path, "weights", f"expected a table of \"address:port\" = weight, got {weights!r}")
+    out: list[NodeSpec] = []
+    for text in nodes:
+        try:
+            host, port = parse_hostport(text, default_port=443)
+        except ValueError as e:
+            raise ConfigError(path, "nodes", str(e)) from None
+        spec = NodeSpec(host, port)
+        if any(n.name == spec.name for n in out):
+            raise ConfigError(path, "nodes", f"{text!r} is listed twice")
+        out.append(spec)
+    by_name = {n.name: n for n in out}
+    for name, weight in weights.items():
+        if name not in by_name:
+            raise ConfigError(path, "weights", f"{name!r} is not one of the nodes")
+        if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 1000:
+            raise ConfigError(path, "weights", f"{name}: expected a weight 1-1000, got {weight!r}")
+        by_name[name] = NodeSpec(by_name[name].host, by_name[name].port, weight)
+    return tuple(by_name[n.name] for n in out)
+
+
+def load(path: str, overrides: dict[str, Any] | None = None) -> ProxyConfig:
+    """Read `path`'s `[revproxy]` table, apply `overrides` (command-line options win), validate."""
+    try:
+        with open(path, "rb") as f:
+            document = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(path, "-", "file not found") from None
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ConfigError(path, "-", f"cannot read: {e}") from None
+    table = document.get(TABLE)
+    if not isinstance(table, dict):
+        raise ConfigError(path, "-", f"no [{TABLE}] table")
+    merged = dict(table)
+    merged.update(overrides or {})
+    return from_table(merged, path)
