@@ -1,0 +1,286 @@
+"""Sans-I/O HTTP/1.1 message framing for the proxy (RFC 9112), strict where request smuggling lives.
+
+Bytes in, heads and body pieces out; no sockets, no clock. The request side refuses anything ambiguous: both
+Content-Length and Transfer-Encoding, differing Content-Lengths, a Transfer-Encoding other than `chunked`,
+obs-fold, whitespace before a colon, control characters, bare CR or LF — each an `HTTPError(400)`. Oversized heads
+are `HTTPError(431)`. The proxy always re-frames bodies itself, so what reaches a node is unambiguous.
+"""
+
+from __future__ import annotations
+
+import re
+
+MAX_HEAD = 16 * 1024  # request line + headers, as nginx's large_client_header_buffers
+MAX_CHUNK_LINE = 1024
+MAX_TRAILERS = 16 * 1024
+
+_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
+_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f#]")
+_HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
+_STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
+
+IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
+
+# Body framing kinds
+NONE, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
+
+
+class HTTPError(Exception):
+    """A request the proxy answers itself with `status`, then closes the connection."""
+
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(f"{status} {detail}")
+        self.status, self.detail = status, detail
+
+
+class Head:
+    """A parsed request or response head. `fields` keeps (lowercase name, name as sent, value) in order."""
+
+    __slots__ = ("connection", "fields", "framing", "length", "method", "reason", "status", "target",
+                 "upgrade", "version")
+
+    def __init__(self) -> None:
+        self.method = b""
+        self.target = b""
+        self.status = 0
+        self.reason = b""
+        self.version = b"1.1"
+        self.fields: list[tuple[bytes, bytes, bytes]] = []
+        self.framing = NONE
+        self.length = 0
+        self.connection: frozenset[bytes] = frozenset()  # tokens of the Connection header(s), lowercase
+        self.upgrade = b""
+
+    def get(self, lname: bytes) -> bytes | None:
+        for ln, _, v in self.fields:
+            if ln == lname:
+                return v
+        return None
+
+    def get_all(self, lname: bytes) -> list[bytes]:
+        return [v for ln, _, v in self.fields if ln == lname]
+
+    @property
+    def keep_alive(self) -> bool:
+        if self.version == b"1.0":
+            return b"keep-alive" in self.connection
+        return b"close" not in self.connection
+
+
+def _fields(lines: list[bytes], head: Head, error_status: int) -> tuple[list[bytes], list[bytes]]:
+    """Parse header lines into head.fields; return (Content-Length values, Transfer-Encoding values)."""
+    lengths: list[bytes] = []
+    encodings: list[bytes] = []
+    connection: set[bytes] = set()
+    fields = head.fields
+    for line in lines:
+        name, colon, value = line.partition(b":")
+        if not colon or not _TOKEN.match(name):
+            # covers obs-fold (leading whitespace), "Name : v", empty names, garbage
+            raise HTTPError(error_status, "malformed header line")
+        value = value.strip(b" \t")
+        if _BAD_VALUE.search(value):
+            raise HTTPError(error_status, "control character in a header value")
+        lname = name.lower()
+        if lname == b"content-length":
+            lengths.append(value)
+        elif lname == b"transfer-encoding":
+            encodings.append(value)
+        elif lname == b"connection":
+            connection.update(t.strip().lower() for t in value.split(b","))
+        elif lname == b"upgrade":
+            head.upgrade = value
+        fields.append((lname, name, value))
+    head.connection = frozenset(connection)
+    return lengths, encodings
+
+
+def _content_length(values: list[bytes], error_status: int) -> int:
+    distinct = {v.strip() for value in values for v in value.split(b",")}
+    if len(distinct) != 1:
+        raise HTTPError(error_status, "conflicting Content-Length values")
+    (text,) = distinct
+    if not text.isdigit() or len(text) > 18:
+        raise HTTPError(error_status, "Content-Length is not a number")
+    return int(text)
+
+
+def _split_head(data: bytes, error_status: int) -> list[bytes]:
+    lines = data.split(b"\r\n")
+    for line in lines:
+        if b"\n" in line or b"\r" in line:
+            raise HTTPError(error_status, "bare CR or LF in the head")
+    return lines
+
+
+def parse_request(data: bytes) -> Head:
+    """`data`: the request head without its final blank line (CRLF CRLF)."""
+    lines = _split_head(data, 400)
+    parts = lines[0].split(b" ")
+    if len(parts) != 3:
+        raise HTTPError(400, "malformed request line")
+    method, target, version = parts
+    if not _TOKEN.match(method):
+        raise HTTPError(400, "malformed method")
+    if version == b"HTTP/1.1":
+        v = b"1.1"
+    elif version == b"HTTP/1.0":
+        v = b"1.0"
+    elif version.startswith(b"HTTP/") and len(version) == 8:
+        raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1")
+    else:
+        raise HTTPError(400, "malformed HTTP version")
+    if not target or _BAD_TARGET.search(target):
+        raise HTTPError(400, "malformed request target")
+    head = Head()
+    head.method, head.version = method, v
+    lengths, encodings = _fields(lines[1:], head, 400)
+    if method == b"CONNECT":
+        raise HTTPError(405, "CONNECT is not proxied")
+    head.target = origin_form(target, method)
+    hosts = head.get_all(b"host")
+    if len(hosts) > 1 or (v == b"1.1" and not hosts):
+        raise HTTPError(400, "exactly one Host header is required")
+    if encodings:
+        if lengths:
+            raise HTTPError(400, "both Content-Length and Transfer-Encoding")
+        if v == b"1.0" or len(encodings) != 1 or encodings[0].lower() != b"chunked":
+            raise HTTPError(400, "only Transfer-Encoding: chunked is accepted")
+        head.framing = CHUNKED
+    elif lengths:
+        head.length = _content_length(lengths, 400)
+        head.framing = LENGTH if head.length else NONE
+    return head
+
+
+def origin_form(target: bytes, method: bytes) -> bytes:
+    """Absolute-form URIs become their path and query (the authority never steers the proxy)."""
+    if target.startswith(b"/"):
+        return target
+    if target == b"*" and method == b"OPTIONS":
+        return target
+    scheme, sep, rest = target.partition(b"://")
+    if sep and scheme.lower() in (b"http", b"https"):
+        slash = rest.find(b"/")
+        query = rest.find(b"?")
+        if slash < 0 or (0 <= query < slash):
+            return b"/" + rest[query:] if query >= 0 else b"/"
+        return rest[slash:]
+    raise HTTPError(400, "malformed request target")
+
+
+def parse_response(data: bytes, request_method: bytes) -> Head:
+    """A node's response head (without the final CRLF CRLF); a bad one is HTTPError(502)."""
+    lines = _split_head(data, 502)
+    m = _STATUS_LINE.match(lines[0])
+    if not m:
+        raise HTTPError(502, "malformed status line from the node")
+    head = Head()
+    head.version = b"1.1" if m.group(1) == b"1" else b"1.0"
+    head.status = int(m.group(2))
+    head.reason = m.group(3) or b""
+    lengths, encodings = _fields(lines[1:], head, 502)
+    status = head.status
+    if request_method == b"HEAD" or status < 200 or status in (204, 304):
+        head.framing = NONE
+    elif encodings:
+        if encodings[-1].lower().rsplit(b",", 1)[-1].strip() != b"chunked":
+            head.framing = UNTIL_CLOSE
+        else:
+            head.framing = CHUNKED
+    elif lengths:
+        head.length = _content_length(lengths, 502)
+        head.framing = LENGTH if head.length else NONE
+    else:
+        head.framing = UNTIL_CLOSE
+    return head
+
+
+class BodyReader:
+    """Incremental body decoder for one message: `feed(data)` -> (decoded pieces, bytes after the body)."""
+
+    __slots__ = ("buf", "done", "remaining", "state", "trailer_size")
+
+    # chunked states
+    _SIZE, _DATA, _DATA_END, _TRAILER = range(4)
+
+    def __init__(self, framing: int, length: int = 0) -> None:
+        self.done = framing == NONE
+        self.state = -1 if framing != CHUNKED else self._SIZE
+        self.remaining = length if framing == LENGTH else -1
+        self.buf = b""
+        self.trailer_size = 0
+
+    def feed(self, data: bytes) -> tuple[list[bytes], bytes]:
+        if self.done:
+            return [], data
+        if self.state < 0:
+            if self.remaining < 0:  # until close
+                return [data], b""
+            if len(data) < self.remaining:
+                self.remaining -= len(data)
+                return [data], b""
+            piece, rest = data[: self.remaining], data[self.remaining:]
+            self.remaining = 0
+            self.done = True
+            return ([piece] if piece else []), rest
+        return self._chunked(self.buf + data if self.buf else data)
+
+    def _chunked(self, data: bytes) -> tuple[list[bytes], bytes]:
+        out: list[bytes] = []
+        pos, n = 0, len(data)
+        self.buf = b""
+        while pos < n:
+            state = self.state
+            if state == self._DATA:
+                take = min(self.remaining, n - pos)
+                out.append(data[pos: pos + take])
+                pos += take
+                self.remaining -= take
+                if not self.remaining:
+                    self.state = self._DATA_END
+            elif state == self._DATA_END:
+                if n - pos < 2:
+                    self.buf = data[pos:]
+                    return out, b""
+                if data[pos: pos + 2] != b"\r\n":
+                    raise HTTPError(400, "chunk data not followed by CRLF")
+                pos += 2
+                self.state = self._SIZE
+            else:
+                end = data.find(b"\r\n", pos)
+                if end < 0:
+                    self.buf = data[pos:]
+                    if len(self.buf) > MAX_CHUNK_LINE:
+                        raise HTTPError(400, "chunk size line too long")
+                    return out, b""
+                line = data[pos:end]
+                pos = end + 2
+                if state == self._SIZE:
+                    if len(line) > MAX_CHUNK_LINE or b"\n" in line or b"\r" in line:
+                        raise HTTPError(400, "malformed chunk size line")
+                    size_text = line.split(b";", 1)[0].rstrip(b" \t")
+                    if not _HEX.match(size_text):
+                        raise HTTPError(400, "malformed chunk size")
+                    size = int(size_text, 16)
+                    if size:
+                        self.remaining, self.state = size, self._DATA
+                    else:
+                        self.state = self._TRAILER
+                else:  # trailer section: dropped, only bounded and checked for framing
+                    if not line:
+                        self.done = True
+                        return out, data[pos:]
+                    self.trailer_size += len(line)
+                    if self.trailer_size > MAX_TRAILERS or b"\n" in line or b"\r" in line or b":" not in line:
+                        raise HTTPError(400, "malformed chunked trailer")
+        return out, b""
+
+
+def chunk(data: bytes) -> list[bytes]:
+    """One chunk of a chunked body, as pieces for writeSequence (no copy of `data`)."""
+    return [b"%x\r\n" % len(data), data, b"\r\n"]
+
+
+LAST_CHUNK = b"0\r\n\r\n"
