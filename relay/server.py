@@ -10,10 +10,10 @@ import contextlib
 import socket
 from collections.abc import Callable
 
-from twisted.internet import error
-from twisted.internet.interfaces import IReactorUDP
-from twisted.internet.protocol import DatagramProtocol, Factory, Protocol
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from relay.allocation import TurnServer
 from relay.stun import StunDecodeError, tcp_frame_length
@@ -24,6 +24,8 @@ log = Logger()
 MAX_DATAGRAM = 65536
 # Kernel socket buffers: bursts of media must not be dropped while the reactor is busy elsewhere.
 SOCKET_BUFFER = 4 * 1024 * 1024
+# Datagrams read per wake-up of one socket before the reactor looks at the others.
+READ_BURST = 64
 # A TCP control connection may not buffer more than one maximal frame plus a bit.
 MAX_TCP_BUFFER = 65536 + 8
 
@@ -42,25 +44,116 @@ def tune_socket(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
 
 
-class TurnUDPListener(DatagramProtocol):
+@implementer(IReadDescriptor)
+class DatagramSocket:
+    """A non-blocking UDP socket watched by the reactor, handing each datagram straight to `handler`.
+
+    Used for the client listeners and for every relay socket instead of Twisted's udp.Port: that one checks the
+    address string of every datagram it writes and logs four lines per socket opened and closed, which at
+    thousands of allocations and packets is work and noise we do not want. Writes never raise: a datagram the
+    kernel will not take (send buffer full, ICMP error pending) is dropped and counted, as a router would.
+    """
+
+    __slots__ = ("handler", "ipv6", "name", "reactor", "sock", "write_errors")
+
+    def __init__(self, reactor, sock: socket.socket, handler: Callable[[bytes, Address], None], name: str) -> None:
+        self.reactor = reactor
+        self.sock = sock
+        self.handler = handler
+        self.write_errors = 0
+        self.ipv6 = sock.family == socket.AF_INET6
+        self.name = name
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()
+
+    def logPrefix(self) -> str:
+        return self.name
+
+    def doRead(self) -> None:
+        recvfrom = self.sock.recvfrom
+        handler = self.handler
+        for _ in range(READ_BURST):  # bounded, so one busy socket cannot starve the others
+            try:
+                data, addr = recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionRefusedError:
+                continue  # an ICMP port-unreachable for something we sent earlier
+            except OSError:
+                return
+            if self.ipv6:
+                addr = addr[:2]
+            try:
+                handler(data, addr)
+            except Exception:
+                log.failure("handling a datagram from {addr} on {name}", addr=addr, name=self.name)
+
+    def write(self, data: bytes, addr: Address) -> None:
+        try:
+            self.sock.sendto(data, addr)
+        except OSError:
+            self.write_errors += 1
+
+    def set_dont_fragment(self) -> bool:
+        """Set DF on everything this socket sends (RFC 5766 DONT-FRAGMENT); False where the OS cannot."""
+        option = getattr(socket, "IP_MTU_DISCOVER", None)
+        if option is None or self.ipv6:
+            return False
+        try:
+            self.sock.setsockopt(socket.IPPROTO_IP, option, socket.IP_PMTUDISC_DO)
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.reactor.removeReader(self)
+        self.sock.close()
+
+    def connectionLost(self, reason) -> None:
+        self.sock.close()
+
+
+def open_udp_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A bound, non-blocking UDP socket with large buffers. Raises OSError when the port is taken."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setblocking(False)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and host == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        tune_socket(sock)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+class TurnUDPListener:
     """Client-facing UDP socket (3478): STUN messages and ChannelData from many clients."""
 
     def __init__(self, core: TurnServer, local: Address) -> None:
         self.core = core
         self.local = local
         self.dual_stack = local[0] == "::"
+        self.write: Callable[[bytes, Address], None] = lambda data, addr: None
 
-    def startProtocol(self) -> None:
-        tune_socket(self.transport.socket)
+    def attach(self, endpoint: DatagramSocket) -> None:
+        self.write = endpoint.write
+        endpoint.handler = self.datagramReceived
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         if self.dual_stack:
             addr = (unmap(addr[0]), addr[1])
-        five_tuple = ("udp", addr[:2], self.local)
+        five_tuple = ("udp", addr, self.local)
         if data and 0x40 <= data[0] <= 0x7F:
             self.core.handle_channel_data(data, five_tuple)
             return
-        write = self.transport.write
+        write = self.write
         reply = self.core.handle_stun(data, five_tuple, lambda out: write(out, addr))
         if reply is not None:
             write(reply, addr)
@@ -126,39 +219,38 @@ class TurnTCPFactory(Factory):
         return TurnTCPConnection(self.core, self.local)
 
 
-class _RelayProtocol(DatagramProtocol):
-    """A relay socket: every datagram from a peer goes straight to the allocation's handler."""
-
-    def __init__(self, deliver: Callable[[bytes, Address], None]) -> None:
-        # The allocation's handler *is* datagramReceived: no extra call frame per packet.
-        self.datagramReceived = deliver  # type: ignore[method-assign]
-
-    def startProtocol(self) -> None:
-        tune_socket(self.transport.socket)
-
-
-class RelaySocket:
-    """What the core holds for a bound relay port: `write(data, peer)` and `close()`."""
-
-    __slots__ = ("port", "write")
-
-    def __init__(self, port) -> None:
-        self.port = port
-        self.write = port.write
-
-    def close(self) -> None:
-        self.port.stopListening()
-
-
-def relay_opener(reactor: IReactorUDP, relay_ip: str) -> Callable:
+def relay_opener(reactor, relay_ip: str) -> Callable:
     """The core's RelayOpener: bind a UDP socket on relay_ip:port, or None if that port is taken."""
 
-    def open_relay(port: int, deliver: Callable[[bytes, Address], None]) -> RelaySocket | None:
+    def open_relay(port: int, deliver: Callable[[bytes, Address], None]) -> DatagramSocket | None:
         try:
-            listening = reactor.listenUDP(port, _RelayProtocol(deliver), interface=relay_ip,
-                                          maxPacketSize=MAX_DATAGRAM)
-        except error.CannotListenError:
+            sock = open_udp_socket(relay_ip, port)
+        except OSError:
             return None
-        return RelaySocket(listening)
+        return DatagramSocket(reactor, sock, deliver, f"relay {relay_ip}:{port}")
 
     return open_relay
+
+
+def listen_udp(reactor, core: TurnServer, host: str, port: int, *, reuse_port: bool = False) -> DatagramSocket:
+    listener = TurnUDPListener(core, (host, port))
+    endpoint = DatagramSocket(reactor, open_udp_socket(host, port, reuse_port=reuse_port), listener.datagramReceived,
+                              f"TURN UDP {host}:{port}")
+    listener.attach(endpoint)
+    return endpoint
+
+
+def listen_tcp(reactor, core: TurnServer, host: str, port: int, *, reuse_port: bool = False):
+    """A TCP listener; with reuse_port the socket is made here (SO_REUSEPORT) and adopted by the reactor."""
+    factory = TurnTCPFactory(core, (host, port))
+    if not reuse_port:
+        return reactor.listenTCP(port, factory, interface=host, backlog=1024)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        # adoptStreamPort duplicates the descriptor; ours closes when the with-block ends.
+        return reactor.adoptStreamPort(sock.fileno(), family, factory)

@@ -22,7 +22,7 @@ from relay.auth import CredentialStore, NonceIssuer, UserDbError
 from relay.config import ConfigError, RelayConfig, load_relay_config
 from relay.policy import PeerPolicy
 from relay.ports import PortPool
-from relay.server import MAX_DATAGRAM, TurnTCPFactory, TurnUDPListener, relay_opener
+from relay.server import DatagramSocket, listen_tcp, listen_udp, relay_opener
 
 log = Logger()
 
@@ -92,9 +92,11 @@ def peer_policy(config: RelayConfig, relay_ip: str) -> PeerPolicy:
 class RelayService(Service):
     """Owns the core and its listening ports; reloads on SIGHUP; deletes every allocation on stop."""
 
-    def __init__(self, config: RelayConfig, reactor, nonce_secret: bytes | None = None) -> None:
+    def __init__(self, config: RelayConfig, reactor, nonce_secret: bytes | None = None,
+                 reuse_port: bool = False) -> None:
         self.config = config
         self.reactor = reactor
+        self.reuse_port = reuse_port
         self.relay_ip = advertised_relay_ip(config)
         bind_ip = config.relay_ip or "0.0.0.0"
         if nonce_secret is None:
@@ -114,10 +116,8 @@ class RelayService(Service):
         super().startService()
         raise_open_files_limit()
         for host, port in self.config.listen:
-            local = (host, port)
-            udp = self.reactor.listenUDP(port, TurnUDPListener(self.core, local), interface=host,
-                                         maxPacketSize=MAX_DATAGRAM)
-            tcp = self.reactor.listenTCP(port, TurnTCPFactory(self.core, local), interface=host, backlog=1024)
+            udp = listen_udp(self.reactor, self.core, host, port, reuse_port=self.reuse_port)
+            tcp = listen_tcp(self.reactor, self.core, host, port, reuse_port=self.reuse_port)
             self.ports += [udp, tcp]
             log.info("relay listening on {host}:{port} (UDP and TCP)", host=host, port=port)
         log.info(
@@ -131,7 +131,10 @@ class RelayService(Service):
         self.core.close()
         ports, self.ports = self.ports, []
         for port in ports:
-            port.stopListening()
+            if isinstance(port, DatagramSocket):
+                port.close()
+            else:
+                port.stopListening()
 
     def reload(self) -> None:
         """SIGHUP: re-read the config file and the userdb; live allocations are kept."""

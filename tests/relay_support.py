@@ -113,15 +113,25 @@ class RelayProcess:
         self.process.send_signal(signum)
 
     def stop(self) -> int:
-        if self.process is None or self.process.poll() is not None:
-            return self.process.returncode if self.process else 0
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            return self.process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-            raise
+        """SIGTERM and wait; 0 for a clean shutdown.
+
+        twistd re-raises the signal that stopped its reactor so its exit status reports it: a process that
+        logged "Server Shut Down." and died of SIGTERM stopped cleanly.
+        """
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise
+        code = self.process.returncode
+        if code == -signal.SIGTERM and "Server Shut Down." in self.log():
+            return 0
+        return code
 
     @property
     def address(self) -> tuple[str, int]:
@@ -142,6 +152,8 @@ class RawTurnClient:
         self.sock.settimeout(timeout)
         if transport == "tcp":
             self.sock.connect(server)
+        else:
+            self.sock.bind((server[0], 0))
         self.buffer = b""
         self.realm: str | None = None
         self.nonce: str | None = None
