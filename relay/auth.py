@@ -43,9 +43,11 @@ __all__ = [
     "NonceStatus",
     "UserDbEntry",
     "UserDbError",
+    "check_username",
     "iter_userdb",
     "long_term_key",
     "parse_userdb",
+    "read_userdb_bytes",
 ]
 
 MAX_USERNAME_BYTES = 513  # RFC 5389 §15.3: USERNAME is less than 513 bytes
@@ -201,6 +203,7 @@ def iter_userdb(data: bytes, path: str) -> Iterator[tuple[int, str, UserDbEntry 
 
 
 def read_userdb_bytes(path: str) -> bytes:
+    """The file's bytes; any OS error is a UserDbError naming the file."""
     try:
         with open(path, "rb") as f:
             return f.read()
