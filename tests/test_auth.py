@@ -3,6 +3,7 @@
 import hashlib
 import hmac
 import re
+from pathlib import Path
 
 import pytest
 from stun_vectors import LONG_TERM_PASSWORD, LONG_TERM_REALM, LONG_TERM_USERNAME, REQUEST_LONG_TERM
@@ -251,3 +252,9 @@ def test_reload_of_a_vanished_file_keeps_the_old_users_and_raises(tmp_path):
     with pytest.raises(UserDbError, match="cannot read"):
         store.reload()
     assert store.key_for("alice") == md5(f"alice:{REALM}:one")
+
+
+def test_shipped_example_userdb_parses_and_holds_the_documented_user():
+    path = Path(__file__).resolve().parent.parent / "conf" / "turnuserdb.example"
+    store = CredentialStore("example.com", userdb=str(path))
+    assert store.key_for("example") == md5("example:example.com:change-me")
