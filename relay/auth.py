@@ -14,7 +14,7 @@ format. In the file, a line is one of
 * blank, or a comment whose first non-blank character is ``#`` (only whole-line comments: ``#`` may be part of a
   password).
 
-The username is everything before the first ``:`` (so it cannot contain one), UTF-8, at most 513 bytes (the STUN
+The username is everything before the first ``:`` (so it cannot contain one), UTF-8, at most 512 bytes (the STUN
 USERNAME limit), and appears once. A userdb entry overrides an inline user of the same name, so an operator can
 change a password with ``rpturn-users`` without editing the config. Any bad line is a ``UserDbError`` naming the
 file and line; ``reload()`` keeps the users it had when the file is bad.
@@ -50,7 +50,7 @@ __all__ = [
     "read_userdb_bytes",
 ]
 
-MAX_USERNAME_BYTES = 513  # RFC 5389 §15.3: USERNAME is less than 513 bytes
+MAX_USERNAME_BYTES = 512  # RFC 5389 §15.3: USERNAME is "less than 513 bytes"
 
 _NONCE_VERSION = "1"
 _MAC_BYTES = 16

@@ -190,7 +190,7 @@ def test_userdb_entry_overrides_inline_user_of_the_same_name(tmp_path):
     ("al ice:pw\n", 1, "a username cannot contain spaces or control characters"),
     ("a\x01b:pw\n", 1, "a username cannot contain spaces or control characters"),
     ("alice:pw\n\nalice:other\n", 3, "user 'alice' already on line 1"),
-    ("u" * 514 + ":pw\n", 1, "username longer than 513 bytes"),
+    ("u" * 513 + ":pw\n", 1, "username longer than 512 bytes"),
 ])
 def test_bad_userdb_line_names_file_and_line(tmp_path, content, line, reason):
     path = write(tmp_path, content)
@@ -258,3 +258,9 @@ def test_shipped_example_userdb_parses_and_holds_the_documented_user():
     path = Path(__file__).resolve().parent.parent / "conf" / "turnuserdb.example"
     store = CredentialStore("example.com", userdb=str(path))
     assert store.key_for("example") == md5("example:example.com:change-me")
+
+
+def test_userdb_username_of_512_bytes_is_accepted(tmp_path):
+    username = "\u00e9" * 256  # 512 bytes in UTF-8: the STUN USERNAME limit
+    path = write(tmp_path, f"{username}:pw\n")
+    assert CredentialStore(REALM, userdb=path).key_for(username) == md5(f"{username}:{REALM}:pw")
