@@ -40,8 +40,6 @@ from collections.abc import Iterable
 
 __all__ = ["DEFAULT_DENIED", "PeerPolicy", "PeerPolicyError"]
 
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
 # (category, CIDR) in the order reasons are reported; the first match names the reason.
 DEFAULT_DENIED: tuple[tuple[str, str], ...] = (
     ("loopback", "127.0.0.0/8"),
