@@ -794,13 +794,16 @@ class UpstreamConnection(_Deadline, Protocol):
 class _Connect(ClientFactory):
     """One connection attempt to a node, bounded as a whole (TCP and TLS handshake) by the connect timeout."""
 
+    noisy = False
+
     def __init__(self, ctx: ProxyContext, node: Node, ex: Exchange, timeout: float) -> None:
         self.ctx, self.node, self.exchange = ctx, node, ex
         self.protocol_instance: UpstreamConnection | None = None
         self.timer = ctx.reactor.callLater(timeout, self.timed_out)
         creator = ctx.creators.get(node.key)
-        self.connector = ctx.reactor.connectTCP(node.host, node.port, TLSMemoryBIOFactory(creator, True, self),
-                                                timeout=timeout + 1)
+        wrapper = TLSMemoryBIOFactory(creator, True, self)
+        wrapper.noisy = False
+        self.connector = ctx.reactor.connectTCP(node.host, node.port, wrapper, timeout=timeout + 1)
 
     def buildProtocol(self, addr: Any) -> UpstreamConnection:
         p = UpstreamConnection(self.ctx, self.node, self.exchange)
@@ -935,6 +938,7 @@ class StaticFiles:
 
 
 class ProxyFactory(ServerFactory):
+    noisy = False
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
 
@@ -992,6 +996,7 @@ class RedirectConnection(_Deadline, Protocol):
 
 
 class RedirectFactory(ServerFactory):
+    noisy = False
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
 

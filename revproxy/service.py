@@ -108,6 +108,7 @@ class _Probe(Protocol):
 
 
 class _ProbeFactory(ClientFactory):
+    noisy = False
     def __init__(self, service: RevproxyService, node: Node, path: str) -> None:
         self.service, self.node = service, node
         host = (node.server_name or node.host).encode()
@@ -226,6 +227,7 @@ class RevproxyService(MultiService):
         for node in list(self.ctx.pool.nodes):
             factory = _ProbeFactory(self, node, cfg.health_check)
             wrapped = TLSMemoryBIOFactory(self.ctx.creators[node.key], True, factory)
+            wrapped.noisy = False
             self.reactor.connectTCP(node.host, node.port, wrapped, timeout=cfg.connect_timeout)
 
     def health_result(self, node: Node, healthy: bool) -> None:
