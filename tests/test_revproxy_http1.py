@@ -1,0 +1,125 @@
+"""The proxy's HTTP/1.1 framing (pure): smuggling defences, limits and chunked bodies."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from revproxy import http1
+from revproxy.http1 import CHUNKED, LENGTH, NONE, UNTIL_CLOSE, BodyReader, HTTPError
+
+
+def req(*lines: str) -> bytes:
+    return "\r\n".join(lines).encode()
+
+
+def status_of(data: bytes) -> int:
+    with pytest.raises(HTTPError) as e:
+        http1.parse_request(data)
+    return e.value.status
+
+
+def test_plain_get_has_no_body_and_keeps_alive():
+    h = http1.parse_request(req("GET /a?b=1 HTTP/1.1", "Host: x"))
+    assert (h.method, h.target, h.framing, h.keep_alive) == (b"GET", b"/a?b=1", NONE, True)
+
+
+def test_content_length_body():
+    h = http1.parse_request(req("POST / HTTP/1.1", "Host: x", "Content-Length: 5"))
+    assert (h.framing, h.length) == (LENGTH, 5)
+
+
+def test_both_content_length_and_transfer_encoding_is_400():
+    assert status_of(req("POST / HTTP/1.1", "Host: x", "Content-Length: 5", "Transfer-Encoding: chunked")) == 400
+
+
+def test_conflicting_content_lengths_are_400():
+    assert status_of(req("POST / HTTP/1.1", "Host: x", "Content-Length: 5", "Content-Length: 6")) == 400
+    assert status_of(req("POST / HTTP/1.1", "Host: x", "Content-Length: 5, 6")) == 400
+
+
+def test_non_numeric_content_length_is_400():
+    assert status_of(req("POST / HTTP/1.1", "Host: x", "Content-Length: +5")) == 400
+
+
+def test_transfer_encoding_other_than_chunked_is_400():
+    assert status_of(req("POST / HTTP/1.1", "Host: x", "Transfer-Encoding: gzip, chunked")) == 400
+    assert status_of(req("POST / HTTP/1.1", "Host: x", "Transfer-Encoding: xchunked")) == 400
+
+
+def test_whitespace_before_colon_is_400():
+    assert status_of(req("GET / HTTP/1.1", "Host : x")) == 400
+
+
+def test_obs_fold_is_400():
+    assert status_of(req("GET / HTTP/1.1", "Host: x", "X-A: 1", " folded")) == 400
+
+
+def test_bare_lf_and_control_characters_are_400():
+    assert status_of(b"GET / HTTP/1.1\r\nHost: x\nX-A: 1") == 400
+    assert status_of(req("GET / HTTP/1.1", "Host: x", "X-A: a\x00b")) == 400
+
+
+def test_missing_or_duplicate_host_is_400():
+    assert status_of(req("GET / HTTP/1.1")) == 400
+    assert status_of(req("GET / HTTP/1.1", "Host: a", "Host: b")) == 400
+
+
+def test_connect_is_405():
+    assert status_of(req("CONNECT 10.0.0.1:22 HTTP/1.1", "Host: 10.0.0.1:22")) == 405
+
+
+def test_absolute_form_becomes_its_path():
+    h = http1.parse_request(req("GET https://evil.example:8443/api/x?y=1 HTTP/1.1", "Host: x"))
+    assert h.target == b"/api/x?y=1"
+    assert http1.origin_form(b"http://evil.example", b"GET") == b"/"
+
+
+def test_unknown_version_is_505_and_garbage_400():
+    assert status_of(req("GET / HTTP/2.0", "Host: x")) == 505
+    assert status_of(req("GET / HTTX", "Host: x")) == 400
+
+
+def test_response_framing():
+    assert http1.parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3", b"GET").framing == LENGTH
+    assert http1.parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 3", b"HEAD").framing == NONE
+    assert http1.parse_response(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked", b"GET").framing == CHUNKED
+    assert http1.parse_response(b"HTTP/1.1 200 OK", b"GET").framing == UNTIL_CLOSE
+    assert http1.parse_response(b"HTTP/1.1 304 Not Modified", b"GET").framing == NONE
+
+
+def test_malformed_response_is_502():
+    with pytest.raises(HTTPError) as e:
+        http1.parse_response(b"HTTP/1.1 2000 OK", b"GET")
+    assert e.value.status == 502
+
+
+def test_chunked_body_with_extensions_and_trailers():
+    r = BodyReader(CHUNKED)
+    pieces, rest = r.feed(b"3;ext=1\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\nNEXT")
+    assert (b"".join(pieces), rest, r.done) == (b"abcde", b"NEXT", True)
+
+
+def test_bad_chunk_size_is_400():
+    with pytest.raises(HTTPError):
+        BodyReader(CHUNKED).feed(b"-3\r\nabc\r\n")
+    with pytest.raises(HTTPError):
+        BodyReader(CHUNKED).feed(b"3\r\nabcX\r\n")
+
+
+def test_content_length_body_stops_at_length():
+    r = BodyReader(LENGTH, 4)
+    assert r.feed(b"ab") == ([b"ab"], b"")
+    assert r.feed(b"cdEF") == ([b"cd"], b"EF")
+    assert r.done
+
+
+@given(st.lists(st.binary(min_size=1, max_size=300), max_size=8), st.integers(min_value=1, max_value=50))
+def test_chunked_round_trip_in_any_split(bodies, step):
+    encoded = b"".join(b"".join(http1.chunk(b)) for b in bodies) + http1.LAST_CHUNK
+    r = BodyReader(CHUNKED)
+    got = []
+    for i in range(0, len(encoded), step):
+        pieces, rest = r.feed(encoded[i: i + step])
+        got += pieces
+        assert rest == b""
+    assert r.done and b"".join(got) == b"".join(bodies)
