@@ -232,25 +232,45 @@ def relay_opener(reactor, relay_ip: str) -> Callable:
     return open_relay
 
 
-def listen_udp(reactor, core: TurnServer, host: str, port: int, *, reuse_port: bool = False) -> DatagramSocket:
+def open_tcp_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A bound, listening, non-blocking TCP socket."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        if family == socket.AF_INET6 and host == "::":
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.bind((host, port))
+        sock.listen(1024)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def listen_udp(reactor, core: TurnServer, host: str, port: int, sock: socket.socket | None = None) -> DatagramSocket:
+    """The client-facing UDP listener on host:port, on `sock` when the supervisor handed one down."""
     listener = TurnUDPListener(core, (host, port))
-    endpoint = DatagramSocket(reactor, open_udp_socket(host, port, reuse_port=reuse_port), listener.datagramReceived,
-                              f"TURN UDP {host}:{port}")
+    if sock is None:
+        sock = open_udp_socket(host, port)
+    else:
+        sock.setblocking(False)
+        tune_socket(sock)
+    endpoint = DatagramSocket(reactor, sock, listener.datagramReceived, f"TURN UDP {host}:{port}")
     listener.attach(endpoint)
     return endpoint
 
 
-def listen_tcp(reactor, core: TurnServer, host: str, port: int, *, reuse_port: bool = False):
-    """A TCP listener; with reuse_port the socket is made here (SO_REUSEPORT) and adopted by the reactor."""
+def listen_tcp(reactor, core: TurnServer, host: str, port: int, sock: socket.socket | None = None):
+    """The client-facing TCP listener on host:port, on `sock` when the supervisor handed one down."""
     factory = TurnTCPFactory(core, (host, port))
-    if not reuse_port:
+    if sock is None:
         return reactor.listenTCP(port, factory, interface=host, backlog=1024)
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        sock.bind((host, port))
-        sock.listen(1024)
-        sock.setblocking(False)
-        # adoptStreamPort duplicates the descriptor; ours closes when the with-block ends.
-        return reactor.adoptStreamPort(sock.fileno(), family, factory)
+    sock.setblocking(False)
+    # adoptStreamPort duplicates the descriptor: the reactor's copy is the one that stays open.
+    port_object = reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+    sock.close()
+    return port_object

@@ -22,6 +22,7 @@ from relay.auth import CredentialStore, NonceIssuer, UserDbError
 from relay.config import ConfigError, RelayConfig, load_relay_config
 from relay.policy import PeerPolicy
 from relay.ports import PortPool
+from relay.quota import LocalQuota, Quota
 from relay.server import DatagramSocket, listen_tcp, listen_udp, relay_opener
 
 log = Logger()
@@ -93,10 +94,12 @@ class RelayService(Service):
     """Owns the core and its listening ports; reloads on SIGHUP; deletes every allocation on stop."""
 
     def __init__(self, config: RelayConfig, reactor, nonce_secret: bytes | None = None,
-                 reuse_port: bool = False) -> None:
+                 inherited: list | None = None, quota: Quota | None = None, overrides: dict | None = None) -> None:
         self.config = config
         self.reactor = reactor
-        self.reuse_port = reuse_port
+        # [(udp socket, tcp socket)] per listen entry, bound by the worker supervisor; None: bind them here.
+        self.inherited = inherited
+        self.overrides = overrides or {}
         self.relay_ip = advertised_relay_ip(config)
         bind_ip = config.relay_ip or "0.0.0.0"
         if nonce_secret is None:
@@ -109,15 +112,17 @@ class RelayService(Service):
             ports=PortPool(config.min_port, config.max_port),
             open_relay=relay_opener(reactor, bind_ip),
             clock=reactor.seconds,
+            quota=quota or LocalQuota(),
         )
         self.ports: list = []
 
     def startService(self) -> None:
         super().startService()
         raise_open_files_limit()
-        for host, port in self.config.listen:
-            udp = listen_udp(self.reactor, self.core, host, port, reuse_port=self.reuse_port)
-            tcp = listen_tcp(self.reactor, self.core, host, port, reuse_port=self.reuse_port)
+        for i, (host, port) in enumerate(self.config.listen):
+            udp_sock, tcp_sock = self.inherited[i] if self.inherited else (None, None)
+            udp = listen_udp(self.reactor, self.core, host, port, udp_sock)
+            tcp = listen_tcp(self.reactor, self.core, host, port, tcp_sock)
             self.ports += [udp, tcp]
             log.info("relay listening on {host}:{port} (UDP and TCP)", host=host, port=port)
         log.info(
@@ -140,7 +145,7 @@ class RelayService(Service):
         """SIGHUP: re-read the config file and the userdb; live allocations are kept."""
         source = self.config.source
         try:
-            new = load_relay_config(source) if source and os.path.exists(source) else self.config
+            new = load_relay_config(source, self.overrides) if source and os.path.exists(source) else self.config
             credentials = CredentialStore(new.realm, new.users, new.userdb)
         except (ConfigError, UserDbError, OSError) as exc:
             log.error("reload failed, keeping the running configuration: {error}", error=exc)
@@ -169,11 +174,13 @@ def install_sighup(reactor: IReactorCore, reload) -> None:
     signal.signal(signal.SIGHUP, on_sighup)
 
 
-def makeService(config: RelayConfig, reactor=None, *, nonce_secret: bytes | None = None) -> MultiService:
+def makeService(config: RelayConfig, reactor=None, *, nonce_secret: bytes | None = None, inherited: list | None = None,
+                quota: Quota | None = None, overrides: dict | None = None) -> MultiService:
+    """One relay process. `inherited` sockets, `quota` and `nonce_secret` come from the worker supervisor."""
     if reactor is None:
         from twisted.internet import reactor  # the global reactor only when none is given
     top = MultiService()
-    relay = RelayService(config, reactor, nonce_secret)
+    relay = RelayService(config, reactor, nonce_secret, inherited=inherited, quota=quota, overrides=overrides)
     relay.setServiceParent(top)
     sweep = TimerService(1.0, relay.core.expire)
     sweep.clock = reactor

@@ -66,7 +66,8 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            self.config = load_relay_config(self["config"], self.overrides())
+            self.config_overrides = self.overrides()
+            self.config = load_relay_config(self["config"], self.config_overrides)
         except ConfigError as exc:
             raise usage.UsageError(str(exc)) from None
 
@@ -79,6 +80,16 @@ def _int(text: str, name: str) -> int:
 
 
 def makeService(options: Options):
-    from relay.service import makeService as make  # keeps `twistd --help` light
+    # Imported here to keep `twistd --help` light.
+    from relay.service import makeService as make
 
-    return make(options.config)
+    if options.config.workers > 1:
+        from twisted.application.service import MultiService
+        from twisted.internet import reactor
+
+        from relay.workers import WorkerSupervisor
+
+        top = MultiService()
+        WorkerSupervisor(options.config, reactor, options.config_overrides).setServiceParent(top)
+        return top
+    return make(options.config, overrides=options.config_overrides)

@@ -1,8 +1,13 @@
 """`workers = N`: N relay processes sharing the listen ports with SO_REUSEPORT, under one supervisor.
 
 The kernel hashes each client's 5-tuple to one worker's socket, so an allocation and all its packets stay in one
-process; each worker binds its own relay sockets. What must agree across workers is passed down at start: the
-nonce secret (a nonce issued by one worker verifies in any other) and the shared quota table (`relay.quota`).
+process; each worker binds its own relay sockets. The supervisor binds the listen sockets (one UDP and one TCP per
+worker and listen address) and keeps them open for the workers' whole life: the kernel maps a 5-tuple to a position
+in the port's SO_REUSEPORT group, so if a dying worker's socket left the group and its replacement's joined, the
+survivors' clients would be shuffled onto other workers and lose their allocations. With the sockets held here,
+a restart changes nothing for anyone but the dead worker's own clients. What must agree across workers is passed
+down at start: the nonce secret (a nonce issued by one worker verifies in any other) and the shared quota table
+(`relay.quota`).
 
 The supervisor is the twistd process. It starts the workers (`python -m relay.workers`), hands each its
 configuration on stdin, re-logs their log lines with the worker's number, forwards SIGHUP to them, restarts one
@@ -14,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import tempfile
 
@@ -81,6 +87,7 @@ class WorkerSupervisor(Service):
         self.restarts: dict[int, int] = {}
         self.quota_path = ""
         self.stopping = False
+        self.sockets: list[list] = []  # per worker: [udp, tcp] per listen entry
 
     def startService(self) -> None:
         super().startService()
@@ -92,6 +99,13 @@ class WorkerSupervisor(Service):
             "/dev/shm") else None)
         os.close(fd)
         SharedQuota.create(self.quota_path, self.config.workers)
+        from relay.server import open_tcp_listener, open_udp_socket
+
+        for _index in range(self.config.workers):
+            self.sockets.append([
+                (open_udp_socket(host, port, reuse_port=True), open_tcp_listener(host, port, reuse_port=True))
+                for host, port in self.config.listen
+            ])
         for index in range(self.config.workers):
             self.spawn(index)
         self.reactor.callWhenRunning(self._install_sighup)
@@ -102,6 +116,11 @@ class WorkerSupervisor(Service):
         signal.signal(signal.SIGHUP, lambda signum, frame: self.reactor.callFromThread(self.forward, signal.SIGHUP))
 
     def spawn(self, index: int) -> None:
+        # The worker's listen sockets become its descriptors 3, 4, 5, ... (UDP, TCP per listen entry).
+        child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
+        for pair in self.sockets[index]:
+            for sock in pair:
+                child_fds[len(child_fds)] = sock.fileno()
         payload = json.dumps({
             "config": json.loads(config_to_json(self.config, self.overrides)),
             "secret": self.secret.hex(),
@@ -113,7 +132,7 @@ class WorkerSupervisor(Service):
         worker.started = self.reactor.seconds()
         self.workers[index] = worker
         self.reactor.spawnProcess(worker, sys.executable, [sys.executable, "-m", "relay.workers"],
-                                  env=os.environ.copy(), childFDs={0: "w", 1: "r", 2: "r"})
+                                  env=os.environ.copy(), childFDs=child_fds)
 
     def worker_ended(self, index: int, reason) -> None:
         if self.stopping:
@@ -158,6 +177,10 @@ class WorkerSupervisor(Service):
                 timer.cancel()
             if self.quota_path and os.path.exists(self.quota_path):
                 os.unlink(self.quota_path)
+            for pairs in self.sockets:
+                for udp, tcp in pairs:
+                    udp.close()
+                    tcp.close()
             log.info("relay workers stopped")
 
         return defer.DeferredList(ended).addCallback(done)
@@ -177,7 +200,14 @@ def run_worker() -> None:
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout, timeFormat="")],
                                      redirectStandardIO=False)
     quota = SharedQuota(spec["quota"], spec["worker"], spec["workers"])
-    service = makeService(config, reactor, nonce_secret=bytes.fromhex(spec["secret"]), reuse_port=True,
+    inherited = []
+    fd = 3
+    for host, _port in config.listen:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        inherited.append((socket.socket(family, socket.SOCK_DGRAM, fileno=fd),
+                          socket.socket(family, socket.SOCK_STREAM, fileno=fd + 1)))
+        fd += 2
+    service = makeService(config, reactor, nonce_secret=bytes.fromhex(spec["secret"]), inherited=inherited,
                           quota=quota, overrides=spec["config"]["overrides"])
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
