@@ -468,7 +468,7 @@ class Exchange:
         self.node_status = str(head.status)
         if head.status in (502, 503, 504) and self.idempotent and self.attempt + 1 < len(self.plan):
             log.warn("node {node} answered {status}; retrying {method} on the next node", node=node.key,
-                     status=head.status, method=head.method.decode())
+                     status=head.status, method=self.head.method.decode())
             self.upstream = None
             up.abandon()
             self.attempt += 1
