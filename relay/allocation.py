@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from twisted.logger import Logger
 
 from relay.auth import NonceStatus
+from relay.quota import LocalQuota
 from relay.stun import (
     MAGIC_COOKIE,
     Attr,
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
     from relay.auth import CredentialStore, NonceIssuer
     from relay.policy import PeerPolicy
     from relay.ports import PortPool
+    from relay.quota import Quota
 
 __all__ = [
     "Allocation",
@@ -309,6 +311,7 @@ class TurnServer:
         ports: PortPool,
         open_relay: RelayOpener,
         clock: Callable[[], float],
+        quota: Quota | None = None,
     ) -> None:
         self.settings = settings
         self.credentials = credentials
@@ -317,9 +320,10 @@ class TurnServer:
         self.ports = ports
         self.open_relay = open_relay
         self.clock = clock
+        # Allocation counts per user and in all; shared by every worker process when there are several.
+        self.quota: Quota = quota if quota is not None else LocalQuota()
         self.allocations: dict[FiveTuple, Allocation] = {}
         self.stats: collections.Counter[str] = collections.Counter()
-        self.allocations_per_user: collections.Counter[str] = collections.Counter()
         self.reservations: dict[bytes, tuple[int, float]] = {}  # RESERVATION-TOKEN -> (port, expiry)
         # (5-tuple, transaction id) -> (response bytes, expiry), in expiry order.
         self._transactions: collections.OrderedDict[tuple[FiveTuple, bytes], tuple[bytes, float]] = (
@@ -522,19 +526,20 @@ class TurnServer:
         token = request.get(Attr.RESERVATION_TOKEN)
         if token is not None and even_port is not None:
             raise TurnError(400, "EVEN-PORT and RESERVATION-TOKEN together")
-        if settings.user_quota and self.allocations_per_user[username] >= settings.user_quota:
-            raise TurnError(486)
-        if settings.total_quota and len(self.allocations) >= settings.total_quota:
+        if not self.quota.try_acquire(username, settings.user_quota, settings.total_quota):
             raise TurnError(486)
         lifetime = self._lifetime(request)
         allocation = Allocation(five_tuple, username, send, now, lifetime)
-        reservation_token = self._bind_relay(allocation, even_port, token, now)
+        try:
+            reservation_token = self._bind_relay(allocation, even_port, token, now)
+        except TurnError:
+            self.quota.release(username)
+            raise
         host = settings.external_ip or settings.relay_ip
         if host in ("0.0.0.0", "::"):  # no advertised address configured: the one the client reached
             host = five_tuple[2][0]
         allocation.relayed_address = (host, allocation.port)
         self.allocations[five_tuple] = allocation
-        self.allocations_per_user[username] += 1
         self.stats["allocations_created"] += 1
         log.info(
             "TURN allocation created {five_tuple} user {user!r} relayed {relayed} lifetime {lifetime}s",
@@ -680,9 +685,7 @@ class TurnServer:
         allocation.close()
         self.ports.release(allocation.port)
         user = allocation.username
-        self.allocations_per_user[user] -= 1
-        if self.allocations_per_user[user] <= 0:
-            del self.allocations_per_user[user]
+        self.quota.release(user)
         self.stats["allocations_deleted"] += 1
         self.stats["peer_packets_dropped"] += allocation.peer_packets_dropped
         self.stats["client_packets_dropped"] += allocation.client_packets_dropped
