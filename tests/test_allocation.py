@@ -436,7 +436,7 @@ def test_quota_counts_down_when_an_allocation_is_deleted():
     first.allocate()
     first.refresh(0)
     assert error_code(harness.client("alice", address=("198.51.100.7", 2)).allocate()) is None
-    assert harness.server.allocations_per_user == {"alice": 1}
+    assert harness.server.quota.per_user == {"alice": 1}
 
 
 def test_allocation_creation_is_logged(harness, client, events):
@@ -733,7 +733,7 @@ def test_expired_allocation_frees_its_port_and_closes_its_relay_socket(harness, 
     assert allocated.allocation is not None
     harness.advance(1)
     assert allocated.allocation is None and socket.closed and harness.ports.held == set()
-    assert harness.server.allocations_per_user == {}
+    assert harness.server.quota.per_user == {}
 
 
 def test_client_can_allocate_again_after_expiry(harness, allocated):
