@@ -79,7 +79,8 @@ def _check_ip(value: Any) -> str:
 def _check_cidrs(value: Any) -> tuple[str, ...]:
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError('must be a list of CIDR strings, e.g. ["127.0.0.0/8"]')
-    return tuple(str(ipaddress.ip_network(v, strict=False)) for v in value)
+    # strict: "10.1.2.3/8" is a typo for an address or a network, not something to guess at.
+    return tuple(str(ipaddress.ip_network(v, strict=True)) for v in value)
 
 
 def _check_int(low: int, high: int):
@@ -114,6 +115,16 @@ def _check_users(value: Any) -> dict[str, str]:
     return dict(value)
 
 
+def _check_secret(value: Any) -> str:
+    if not isinstance(value, str) or len(value) < 32:
+        raise ValueError("must be at least 32 hex digits (16 bytes), shared by every worker")
+    try:
+        bytes.fromhex(value)
+    except ValueError:
+        raise ValueError("must be hex digits") from None
+    return value
+
+
 def _check_workers(value: Any) -> int:
     if value == "auto":
         return os.cpu_count() or 1
@@ -138,7 +149,7 @@ _CHECKS = {
     "default_lifetime": _check_int(30, 86400),
     "max_lifetime": _check_int(30, 86400),
     "nonce_lifetime": _check_int(10, 86400),
-    "nonce_secret": _check_str,
+    "nonce_secret": _check_secret,
 }
 assert set(_CHECKS) == _KEYS
 
