@@ -310,9 +310,7 @@ def parse(data: bytes) -> Message:
     message = Message(method, msg_class, tid, [], cookie=cookie, raw=data)
     end = len(data)
     pos = HEADER_LENGTH
-    while pos < end:
-        if pos + 4 > end:
-            raise StunDecodeError("truncated attribute header")
+    while pos < end:  # pos and end stay 4-aligned, so an attribute header always fits
         kind, value_length = _ATTR_HEADER.unpack_from(data, pos)
         value_end = pos + 4 + value_length
         if value_end > end:
@@ -421,6 +419,8 @@ _CHANNEL_HEADER = struct.Struct(">HH")
 _SEND_INDICATION = _message_type(Method.SEND, MessageClass.INDICATION)
 _DATA_INDICATION = _message_type(Method.DATA, MessageClass.INDICATION)
 _KNOWN_TYPES = frozenset(_ATTRIBUTES)
+_SEND_HEADER = struct.Struct(">HHI")
+_XOR_V4_VALUE = struct.Struct(">HI")
 # Data indication = header, XOR-PEER-ADDRESS (IPv4 or IPv6), DATA attribute header; the payload follows.
 _DATA_INDICATION_V4 = struct.Struct(">HHI12sHHxBHIHH")
 _DATA_INDICATION_V6 = struct.Struct(">HHI12sHHxBH16sHH")
@@ -456,8 +456,8 @@ def parse_channel_data(data: bytes) -> tuple[int, bytes]:
 def parse_send_indication(data: bytes) -> tuple[tuple[str, int], bytes] | None:
     """(peer, data) of a well-formed Send indication, else None (RFC 5766 10.2: such indications are dropped).
 
-    Unknown comprehension-required attributes make the indication invalid (RFC 5389 7.3.2), so does a wrong
-    FINGERPRINT; the first XOR-PEER-ADDRESS is the peer.
+    Unknown comprehension-required attributes make the indication invalid (RFC 5389 7.3.1), so does a wrong
+    FINGERPRINT; the first XOR-PEER-ADDRESS is the peer; what follows MESSAGE-INTEGRITY is ignored, as in parse().
     """
     end = len(data)
     if end < HEADER_LENGTH + 8:
@@ -466,16 +466,22 @@ def parse_send_indication(data: bytes) -> tuple[tuple[str, int], bytes] | None:
     if message_type != _SEND_INDICATION or cookie != MAGIC_COOKIE or length + HEADER_LENGTH != end or length % 4:
         return None
     peer = payload = None
+    after_integrity = False
     pos = HEADER_LENGTH
     while pos < end:
-        if pos + 4 > end:
-            return None
         kind, value_length = _ATTR_HEADER.unpack_from(data, pos)
         start = pos + 4
         pos = start + value_length + (-value_length % 4)
         if pos > end:
             return None
-        if kind == 0x0012:  # XOR-PEER-ADDRESS
+        if kind == 0x8028:  # FINGERPRINT
+            if pos != end or value_length != 4:
+                return None
+            if _UINT32.unpack_from(data, start)[0] != zlib.crc32(data[: start - 4]) ^ FINGERPRINT_XOR:
+                return None
+        elif after_integrity:
+            continue
+        elif kind == 0x0012:  # XOR-PEER-ADDRESS
             if peer is not None:
                 continue
             if value_length == 8 and data[start + 1] == _FAMILY_IPV4:
@@ -489,20 +495,13 @@ def parse_send_indication(data: bytes) -> tuple[tuple[str, int], bytes] | None:
         elif kind == 0x0013:  # DATA
             if payload is None:
                 payload = data[start : start + value_length]
-        elif kind == 0x8028:  # FINGERPRINT
-            if pos != end or value_length != 4:
-                return None
-            if _UINT32.unpack_from(data, start)[0] != zlib.crc32(data[: start - 4]) ^ FINGERPRINT_XOR:
-                return None
+        elif kind == 0x0008:  # MESSAGE-INTEGRITY
+            after_integrity = True
         elif kind < 0x8000 and kind not in _KNOWN_TYPES:
             return None
     if peer is None or payload is None:
         return None
     return peer, payload
-
-
-_SEND_HEADER = struct.Struct(">HHI")
-_XOR_V4_VALUE = struct.Struct(">HI")
 
 
 def encode_data_indication(transaction_id: bytes, peer: tuple[str, int], payload: bytes) -> bytes:
