@@ -68,7 +68,7 @@ class ProxyConfig:
     client_timeout: float = 30.0
     keepalive_timeout: float = 75.0
     upstream_read_timeout: float = 60.0
-    upstream_keepalive: int = 64
+    upstream_keepalive: int = 256
     drain_timeout: float = 30.0
     webapp_dir: str = ""
     webapp_path: str = "/webapp/"

@@ -128,7 +128,8 @@ class _Deadline:
     deadline: float | None = None
     _timer: Any = None
 
-    def set_deadline(self, delay: float | None) -> None:
+    def set_deadline(self, delay: float | None, exact: bool = True) -> None:
+        """`exact=False` for idle timeouts, where closing a little late is harmless: no timer churn per request."""
         if delay is None:
             self.deadline = None
             return
@@ -137,7 +138,7 @@ class _Deadline:
         self.deadline = when
         if self._timer is None:
             self._timer = reactor.callLater(delay, self._fire)
-        elif self._timer.getTime() > when:
+        elif exact and self._timer.getTime() > when:
             self._timer.reset(delay)
 
     def _fire(self) -> None:
@@ -206,14 +207,15 @@ class ClientConnection(_Deadline, Protocol):
                 self.buf = self.buf.lstrip(b"\r\n")  # RFC 9112 2.2: ignore blank lines before a request
                 if not self.buf:
                     return
-                self.head_started = True
-                self.set_deadline(self.ctx.config.client_timeout)
             end = self.buf.find(b"\r\n\r\n", max(0, self.scan - 3))
             if end < 0 or end > MAX_HEAD:
                 if len(self.buf) > MAX_HEAD:
                     self.refuse(HTTPError(431, "request head over 16 KiB"))
-                else:
-                    self.scan = len(self.buf)
+                    return
+                self.scan = len(self.buf)
+                if not self.head_started:  # a head in pieces: it must be complete within client_timeout
+                    self.head_started = True
+                    self.set_deadline(self.ctx.config.client_timeout)
                 return
             raw, rest = self.buf[:end], self.buf[end + 4:]
             self.buf, self.scan = b"", 0
@@ -276,7 +278,7 @@ class ClientConnection(_Deadline, Protocol):
         if self.body is not None:  # answered before the request body ended: read it through to stay in sync
             return
         self.head_started = False
-        self.set_deadline(self.ctx.config.keepalive_timeout)
+        self.set_deadline(self.ctx.config.keepalive_timeout, exact=False)
         if self.held:
             self.held = False
             self.transport.resumeProducing()
@@ -879,7 +881,7 @@ class Upstreams:
             return
         up.idle = True
         idle.append(up)
-        up.set_deadline(UPSTREAM_IDLE)
+        up.set_deadline(UPSTREAM_IDLE, exact=False)
 
     def discard(self, up: UpstreamConnection) -> None:
         self.all.discard(up)
