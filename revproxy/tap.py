@@ -38,8 +38,6 @@ class Options(usage.Options):
         """A Conferencing Node address:port (repeatable; replaces the file's list)."""
         self["nodes"].append(value)
 
-    opt_n = opt_node
-
     def overrides(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for key in ("https", "http", "certificate", "hostname", "balance", "ca-file"):

@@ -6,6 +6,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from pathlib import Path
 
 import pytest
 from revproxy_support import Nodes, Pki, ProxyProcess, free_port, request, write_config
@@ -202,3 +203,18 @@ def test_two_workers_share_the_port_and_stop_together(shared, make_proxy):
     assert all(request(pki, proxy.port).status == 200 for _ in range(20))
     proxy.stop()
     assert "worker 1 exited" in proxy.log()
+
+
+def test_verify_nodes_accepts_nodes_signed_by_the_ca_file(shared, make_proxy, tmp_path):
+    pki, nodes = shared
+    ca = tmp_path / "nodes-ca.pem"
+    ca.write_bytes(b"".join(Path(s.cert).read_bytes() for s in nodes.specs.values()))
+    proxy = make_proxy(verify_nodes=True, ca_file=str(ca))
+    assert {request(pki, proxy.port).json()["node"] for _ in range(3)} == {"a", "b", "c"}
+
+
+def test_verify_nodes_refuses_nodes_the_ca_file_does_not_vouch_for(shared, make_proxy):
+    pki, _ = shared
+    proxy = make_proxy(verify_nodes=True, ca_file=str(pki.root))
+    assert request(pki, proxy.port).status == 502
+    assert "marked down" in proxy.log()
