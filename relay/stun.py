@@ -157,7 +157,7 @@ def _decode_address(value: bytes, cookie: int, tid: bytes) -> tuple[str, int]:
         return inet_ntop(AF_INET, packed), port
     if len(value) == 20 and value[1] == _FAMILY_IPV6:
         _, port, packed = _ADDRESS_V6.unpack(value)
-        return str(IPv6Address(packed)), port
+        return _unpack_host(packed), port
     raise StunDecodeError(f"bad address family {value[1:2].hex() or 'missing'} or length {len(value)}")
 
 
@@ -190,7 +190,12 @@ def _decode_xor_address(value: bytes, cookie: int, tid: bytes) -> tuple[str, int
 
 
 def _unpack_host(packed: bytes) -> str:
-    return inet_ntop(AF_INET, packed) if len(packed) == 4 else str(IPv6Address(packed))
+    """The host as str(ipaddress.ip_address(packed)) spells it, at inet_ntop's speed."""
+    if len(packed) == 4:
+        return inet_ntop(AF_INET, packed)
+    host = inet_ntop(AF_INET6, packed)
+    # inet_ntop writes embedded IPv4 (::ffff:a.b.c.d) dotted; ipaddress does so only from Python 3.13.
+    return host if "." not in host else str(IPv6Address(packed))
 
 
 def _encode_xor_address(value: tuple[str, int], cookie: int, tid: bytes) -> bytes:

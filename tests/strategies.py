@@ -43,6 +43,7 @@ ipv4_hosts = st.integers(0, 2**32 - 1).map(lambda n: str(IPv4Address(n)))
 ipv6_hosts = st.one_of(
     st.integers(0, 2**128 - 1),
     st.integers(0, 2**32 - 1).map(lambda n: n | 0xFFFF_0000_0000),  # IPv4-mapped, ::ffff:a.b.c.d
+    st.integers(0, 2**32 - 1),  # IPv4-compatible, ::a.b.c.d
     st.integers(0, 2**64 - 1).map(lambda n: 0x2001_0DB8 << 96 | n),  # zero runs that compress
 ).map(lambda n: str(IPv6Address(n)))
 ports = st.integers(0, 0xFFFF)
