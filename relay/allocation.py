@@ -463,8 +463,12 @@ class TurnServer:
             self._auth_failure(five_tuple, username, "USERNAME, REALM or NONCE missing")
             return self._finish(request, self._error(request, TurnError(400, "USERNAME, REALM and NONCE needed")))
         status = self.nonces.check(request.get(Attr.NONCE), client_ip, now)
+        if status is NonceStatus.STALE:
+            # Routine: every client's nonce runs out after nonce_lifetime. Counted, not logged.
+            self.stats["stale_nonces"] += 1
+            return self._challenge(request, 438, client_ip, now)
         if status is not NonceStatus.VALID:
-            self._auth_failure(five_tuple, username, f"{status.name.lower()} nonce")
+            self._auth_failure(five_tuple, username, "invalid nonce")
             return self._challenge(request, 438, client_ip, now)
         key = self.credentials.key_for(username)
         if key is None:
@@ -687,8 +691,10 @@ class TurnServer:
         user = allocation.username
         self.quota.release(user)
         self.stats["allocations_deleted"] += 1
-        self.stats["peer_packets_dropped"] += allocation.peer_packets_dropped
-        self.stats["client_packets_dropped"] += allocation.client_packets_dropped
+        if allocation.peer_packets_dropped:
+            self.stats["peer_packets_dropped"] += allocation.peer_packets_dropped
+        if allocation.client_packets_dropped:
+            self.stats["client_packets_dropped"] += allocation.client_packets_dropped
         log.info(
             "TURN allocation deleted {five_tuple} user {user!r} relayed {relayed} ({reason}): "
             "from client {packets_from_client} packets {bytes_from_client} bytes, "

@@ -9,8 +9,9 @@ import os
 
 import pytest
 from fakes import REALM, SERVER, TurnHarness, error_code
-from hypothesis import given, settings
+from hypothesis import given
 from hypothesis import strategies as st
+from strategies import scaled
 
 import relay.allocation
 from relay.allocation import TurnSettings
@@ -219,6 +220,19 @@ def test_auth_failure_is_logged_with_source_user_and_reason(harness, events):
     (event,) = logged(events, "auth_failure")
     assert event["user"] == "alice" and "198.51.100.7:40000" in event["source"]
     assert event["reason"] == "bad MESSAGE-INTEGRITY"
+
+
+def test_stale_nonce_is_counted_but_not_logged_as_a_failure(harness, client, events):
+    old_nonce = client.challenge()
+    harness.clock.advance(601)
+    client.send_raw(client.signed(client.message(Method.REFRESH), nonce=old_nonce))
+    assert not logged(events, "auth_failure") and harness.server.stats["stale_nonces"] == 1
+
+
+def test_forged_nonce_is_logged_as_an_auth_failure(client, events):
+    client.send_raw(client.signed(client.message(Method.REFRESH), nonce="forged"))
+    (event,) = logged(events, "auth_failure")
+    assert event["reason"] == "invalid nonce"
 
 
 def test_first_unauthenticated_request_is_not_logged_as_a_failure(client, events):
@@ -797,7 +811,7 @@ def test_reconfigure_keeps_allocations_and_applies_the_new_policy_to_new_permiss
 # --- robustness: no input makes handle_stun raise ---
 
 
-@settings(max_examples=500, deadline=None)
+@scaled(0.5)
 @given(st.binary(max_size=200))
 def test_any_bytes_get_a_response_or_none_never_an_exception(data):
     harness = TurnHarness()
@@ -821,7 +835,7 @@ _ATTRIBUTE_VALUES = st.one_of(
 )
 
 
-@settings(max_examples=300, deadline=None)
+@scaled(0.25)
 @given(st.lists(st.tuples(st.sampled_from([Method.ALLOCATE, Method.REFRESH, Method.CREATE_PERMISSION,
                                            Method.CHANNEL_BIND, Method.BINDING, Method.SEND]),
                           st.lists(_ATTRIBUTE_VALUES, max_size=5)), min_size=1, max_size=6))
