@@ -236,14 +236,14 @@ def _decode_error_code(value: bytes, cookie: int, tid: bytes) -> tuple[int, str]
     error_class, number = value[2] & 0x07, value[3]
     if not 3 <= error_class <= 6 or number > 99:
         raise StunDecodeError(f"ERROR-CODE class {error_class} number {number} out of range")
-    return error_class * 100 + number, _decode_reason(value[4:], cookie, tid)
+    return error_class * 100 + number, _decode_text(value[4:], cookie, tid)
 
 
 def _encode_error_code(value: tuple[int, str], cookie: int, tid: bytes) -> bytes:
     code, reason = value
     if not 300 <= code <= 699:
         raise ValueError(f"error code {code} out of range 300-699")
-    return bytes((0, 0, code // 100, code % 100)) + _encode_reason(reason, cookie, tid)
+    return bytes((0, 0, code // 100, code % 100)) + _encode_text(reason, cookie, tid)
 
 
 def _decode_unknown_attributes(value: bytes, cookie: int, tid: bytes) -> tuple[int, ...]:
@@ -258,7 +258,13 @@ def _decode_uint32(value: bytes, cookie: int, tid: bytes) -> int:
 
 _decode_text, _encode_text = _text_codec(MAX_TEXT_BYTES)
 _decode_username, _encode_username = _text_codec(MAX_USERNAME_BYTES)
-_decode_reason, _encode_reason = _text_codec(MAX_TEXT_BYTES)
+
+
+def _raw(value: bytes, cookie: int, tid: bytes) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError(f"expected bytes, not {type(value).__name__}")  # bytes(5) would be 5 zero bytes
+    return bytes(value)
+
 
 _Decoder = Callable[[bytes, int, bytes], Any]
 _Encoder = Callable[[Any, int, bytes], bytes]
@@ -274,7 +280,7 @@ _ATTRIBUTES: dict[int, tuple[_Decoder, _Encoder]] = {
     Attr.CHANNEL_NUMBER: (lambda v, c, t: _fixed_length(4, v)[0] << 8 | v[1], lambda v, c, t: struct.pack(">H2x", v)),
     Attr.LIFETIME: (_decode_uint32, lambda v, c, t: _UINT32.pack(v)),
     Attr.XOR_PEER_ADDRESS: (_decode_xor_address, _encode_xor_address),
-    Attr.DATA: (lambda v, c, t: v, lambda v, c, t: bytes(v)),
+    Attr.DATA: (lambda v, c, t: v, _raw),
     Attr.REALM: (_decode_text, _encode_text),
     Attr.NONCE: (_decode_text, _encode_text),
     Attr.XOR_RELAYED_ADDRESS: (_decode_xor_address, _encode_xor_address),
@@ -287,6 +293,9 @@ _ATTRIBUTES: dict[int, tuple[_Decoder, _Encoder]] = {
     Attr.ALTERNATE_SERVER: (_decode_address, _encode_address),
     Attr.FINGERPRINT: (_decode_uint32, lambda v, c, t: _UINT32.pack(v)),
 }
+
+
+_ATTRS = {int(attr): attr for attr in Attr}
 
 
 def _fixed_token(value: bytes) -> bytes:
@@ -332,7 +341,7 @@ def parse(data: bytes) -> Message:
         elif message.integrity_offset is not None:
             pass  # RFC 5389 15.4: attributes after MESSAGE-INTEGRITY, other than FINGERPRINT, are ignored
         elif kind in _ATTRIBUTES:
-            message.attributes.append((Attr(kind), _ATTRIBUTES[kind][0](value, cookie, tid)))
+            message.attributes.append((_ATTRS[kind], _ATTRIBUTES[kind][0](value, cookie, tid)))
             if kind == Attr.MESSAGE_INTEGRITY:
                 message.integrity_offset = pos
         else:
@@ -363,7 +372,7 @@ def encode(
         if kind in (Attr.MESSAGE_INTEGRITY, Attr.FINGERPRINT):
             raise ValueError("encode() adds MESSAGE-INTEGRITY and FINGERPRINT itself")
         codec = _ATTRIBUTES.get(kind)
-        encoded = codec[1](value, cookie, tid) if codec else bytes(value)
+        encoded = codec[1](value, cookie, tid) if codec else _raw(value, cookie, tid)
         parts.append(_ATTR_HEADER.pack(kind, len(encoded)))
         parts.append(encoded)
         parts.append(padding * (-len(encoded) % 4))

@@ -285,6 +285,12 @@ def test_encode_refuses_a_transaction_id_that_is_not_12_bytes():
         encode(Message(Method.BINDING, MessageClass.REQUEST, b"short"))
 
 
+def test_encode_refuses_an_int_for_a_raw_attribute():
+    message = Message(Method.SEND, MessageClass.INDICATION, TID, [(Attr.DATA, 5)])
+    with pytest.raises(TypeError, match="expected bytes"):
+        encode(message)
+
+
 # --- unknown attributes and responses ---
 
 
