@@ -377,6 +377,13 @@ end
 """
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    return (sum(fields[:8]) - fields[3] - fields[4]) / CLOCK_TICKS
+
+
 @dataclass
 class WrkResult:
     requests: int
@@ -384,7 +391,10 @@ class WrkResult:
     errors: int
     p50_ms: float
     p99_ms: float
-    cpu_seconds: float  # of the measured server's process tree during the run
+    cpu_seconds: float  # the measured proxy's process tree during the run
+    nodes_cpu_seconds: float  # the upstream nodes' during the run
+    wrk_cpu_seconds: float
+    machine_busy_seconds: float  # all cores, every process on the machine
 
     @property
     def rps(self) -> float:
@@ -394,10 +404,17 @@ class WrkResult:
     def cpu_us_per_request(self) -> float:
         return self.cpu_seconds / self.requests * 1e6 if self.requests else float("inf")
 
+    @property
+    def other_cpu_seconds(self) -> float:
+        """Busy time of processes outside the benchmark (others' work on a shared machine): noise."""
+        return max(0.0, self.machine_busy_seconds - self.cpu_seconds - self.nodes_cpu_seconds - self.wrk_cpu_seconds)
 
-def wrk(where: Path, server: Server, path: str, connections: int, duration: float, close: bool = False,
-        threads: int = 2) -> WrkResult:
-    """One wrk run against `server`; the server's tree CPU is read before and after."""
+
+def wrk(where: Path, server: Server, path: str, connections: int, duration: int, close: bool = False,
+        threads: int = 2, nodes: Server | None = None) -> WrkResult:
+    """One wrk run against `server`; CPU of the server's tree, the nodes, wrk and the machine read around it."""
+    import resource
+
     script = where / "wrk-done.lua"
     if not script.exists():
         script.write_text(_WRK_DONE)
@@ -406,13 +423,16 @@ def wrk(where: Path, server: Server, path: str, connections: int, duration: floa
     if close:
         args += ["-H", "Connection: close"]
     args.append(f"https://{server.host}:{server.port}{path}")
-    cpu0, _ = server.usage()
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, (cpu0, _), (ncpu0, _) = machine_busy_seconds(), server.usage(), nodes.usage() if nodes else (0.0, 0)
     out = subprocess.run(args, capture_output=True, text=True, timeout=duration + 60)
-    cpu1, _ = server.usage()
+    busy1, (cpu1, _), (ncpu1, _) = machine_busy_seconds(), server.usage(), nodes.usage() if nodes else (0.0, 0)
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("WRKJSON ")), None)
     if out.returncode != 0 or line is None:
         raise BenchError(f"wrk failed against {server.name} ({' '.join(args)}):\n{out.stdout}\n{out.stderr}")
     r = json.loads(line[len("WRKJSON "):])
     errors = r["connect"] + r["read"] + r["write"] + r["status"] + r["timeout"]
+    wrk_cpu = (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime)
     return WrkResult(r["requests"], r["duration_us"] / 1e6, errors, r["p50_us"] / 1000, r["p99_us"] / 1000,
-                     cpu1 - cpu0)
+                     cpu1 - cpu0, ncpu1 - ncpu0, wrk_cpu, busy1 - busy0)
