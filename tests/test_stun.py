@@ -9,6 +9,7 @@ from ipaddress import IPv6Address
 
 import aioice.stun
 import pytest
+import stun_vectors as vectors
 
 from relay.stun import (
     ERROR_REASONS,
@@ -31,7 +32,6 @@ from relay.stun import (
     success_response,
     tcp_frame_length,
 )
-from tests import stun_vectors as vectors
 
 SHORT_TERM_KEY = vectors.SHORT_TERM_PASSWORD.encode()
 TID = bytes(range(12))

@@ -6,6 +6,19 @@ import contextlib
 
 from hypothesis import assume, given
 from hypothesis import strategies as st
+from strategies import (
+    addresses,
+    channel_numbers,
+    encoded_messages,
+    integrity_keys,
+    messages,
+    mutated,
+    payloads,
+    scaled,
+    stun_shaped_bytes,
+    tcp_frames,
+    transaction_ids,
+)
 
 from relay.stun import (
     Attr,
@@ -21,19 +34,6 @@ from relay.stun import (
     parse_channel_data,
     parse_send_indication,
     tcp_frame_length,
-)
-from tests.strategies import (
-    addresses,
-    channel_numbers,
-    encoded_messages,
-    integrity_keys,
-    messages,
-    mutated,
-    payloads,
-    scaled,
-    stun_shaped_bytes,
-    tcp_frames,
-    transaction_ids,
 )
 
 
