@@ -132,6 +132,7 @@ def test_send_indication_fast_path_agrees_with_parse(message, fingerprint):
         assert parse_send_indication(data) == (peer, payload)
 
 
+@scaled(0.5)
 @given(channel_numbers, payloads, st.booleans())
 def test_channel_data_round_trip(channel, payload, pad):
     assert parse_channel_data(encode_channel_data(channel, payload, pad=pad)) == (channel, payload)
