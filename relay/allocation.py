@@ -10,8 +10,9 @@ Liveness is membership: a permission, channel or allocation is in its dict exact
 look-ups and one write: no Message objects, no clock, no logging.
 
 Decisions the RFC leaves open, taken here:
-- DONT-FRAGMENT in an Allocate is answered 420 listing it (RFC 5766 6.2 step 3: relay sockets do not set DF per
-  packet); in a Send indication it is ignored.
+- DONT-FRAGMENT in an Allocate is honoured by asking the relay socket to set DF on everything it sends
+  (`RelayTransport.set_dont_fragment`); where the OS cannot, the Allocate gets 420 listing DONT-FRAGMENT, as RFC
+  5766 6.2 permits. In a Send indication it is ignored: DF is per socket, not per packet.
 - Only responses to *authenticated* requests are kept for retransmissions (keyed by 5-tuple and transaction id,
   for `transaction_lifetime` seconds): no state is held for a client before it authenticates, and a retransmitted
   unauthenticated request simply gets a fresh challenge.
@@ -77,7 +78,11 @@ ClientSender = Callable[[bytes], None]  # sends bytes to this client over its ow
 
 
 class RelayTransport(Protocol):
-    """What the shell hands back for a bound relay socket."""
+    """What the shell hands back for a bound relay socket.
+
+    It may also have `set_dont_fragment() -> bool`: set DF on everything the socket sends, False where the OS
+    cannot. Without it, Allocate requests with DONT-FRAGMENT get 420.
+    """
 
     def write(self, data: bytes, addr: Address) -> None: ...
 
@@ -119,11 +124,13 @@ class TurnSettings:
 class TurnError(Exception):
     """A request is refused: the STUN error code, an optional reason and extra attributes for the response."""
 
-    def __init__(self, code: int, reason: str | None = None, attributes: tuple[tuple[int, Any], ...] = ()) -> None:
+    def __init__(self, code: int, reason: str | None = None, attributes: tuple[tuple[int, Any], ...] = (),
+                 unknown: tuple[int, ...] | None = None) -> None:
         super().__init__(code, reason)
         self.code = code
         self.reason = reason
         self.attributes = attributes
+        self.unknown = unknown  # for 420: the attributes to list in UNKNOWN-ATTRIBUTES
 
 
 def format_five_tuple(five_tuple: FiveTuple) -> str:
@@ -432,7 +439,7 @@ class TurnServer:
             if not (kind == CHANGE_REQUEST and request.get(CHANGE_REQUEST) == b"\0\0\0\0")
         ]  # fmt: skip
         if unknown:
-            return self._finish(request, self._error(request, TurnError(420), unknown))
+            return self._finish(request, self._error(request, TurnError(420, unknown=tuple(unknown))))
         response = success_response(request)
         if request.cookie == MAGIC_COOKIE:
             response.add(Attr.XOR_MAPPED_ADDRESS, five_tuple[1])
@@ -479,13 +486,10 @@ class TurnServer:
             return self._challenge(request, 401, client_ip, now)
         # Authenticated: every answer from here on carries MESSAGE-INTEGRITY and is replayed to retransmissions.
         unknown = list(request.unknown_required)
-        if request.method == Method.ALLOCATE:
-            if REQUESTED_ADDRESS_FAMILY in unknown:
-                unknown.remove(REQUESTED_ADDRESS_FAMILY)
-            if request.get(Attr.DONT_FRAGMENT) is not None:
-                unknown.append(Attr.DONT_FRAGMENT)
+        if request.method == Method.ALLOCATE and REQUESTED_ADDRESS_FAMILY in unknown:
+            unknown.remove(REQUESTED_ADDRESS_FAMILY)
         if unknown:
-            response = self._error(request, TurnError(420), unknown)
+            response = self._error(request, TurnError(420, unknown=tuple(unknown)))
         else:
             try:
                 response = handler(request, five_tuple, send, username, now)
@@ -539,6 +543,14 @@ class TurnServer:
         except TurnError:
             self.quota.release(username)
             raise
+        if request.get(Attr.DONT_FRAGMENT) is not None:
+            set_dont_fragment = getattr(allocation.relay, "set_dont_fragment", None)
+            if set_dont_fragment is None or not set_dont_fragment():
+                allocation.close()
+                self.ports.release(allocation.port)
+                self.quota.release(username)
+                self._drop_reservation(reservation_token)
+                raise TurnError(420, unknown=(Attr.DONT_FRAGMENT,))
         host = settings.external_ip or settings.relay_ip
         if host in ("0.0.0.0", "::"):  # no advertised address configured: the one the client reached
             host = five_tuple[2][0]
@@ -599,6 +611,10 @@ class TurnServer:
             self.reservations[new_token] = (next_port, now + self.settings.reservation_lifetime)
             return new_token
         raise TurnError(508)
+
+    def _drop_reservation(self, token: bytes | None) -> None:
+        if token is not None and token in self.reservations:
+            self.ports.release(self.reservations.pop(token)[0])
 
     def _refresh(self, request: Message, five_tuple: FiveTuple, send: ClientSender, username: str,
                  now: float) -> Message:
@@ -706,14 +722,15 @@ class TurnServer:
             peer_packets_dropped=allocation.peer_packets_dropped,
         )  # fmt: skip
 
-    def _error(self, request: Message, refusal: TurnError, unknown: list[int] | None = None) -> Message:
+    def _error(self, request: Message, refusal: TurnError) -> Message:
         self.stats[f"error_{refusal.code}"] += 1
         response = error_response(request, refusal.code, refusal.reason)
         if refusal.code == 420:
             # error_response lists the codec's unknown attributes; ours may differ (DONT-FRAGMENT, CHANGE-REQUEST).
             response.attributes = [(kind, value) for kind, value in response.attributes
                                    if kind != Attr.UNKNOWN_ATTRIBUTES]
-            response.add(Attr.UNKNOWN_ATTRIBUTES, tuple(unknown if unknown is not None else request.unknown_required))
+            unknown = refusal.unknown if refusal.unknown is not None else tuple(request.unknown_required)
+            response.add(Attr.UNKNOWN_ATTRIBUTES, unknown)
         for kind, value in refusal.attributes:
             response.add(kind, value)
         return response

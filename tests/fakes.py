@@ -45,11 +45,18 @@ class FakeClock:
 class FakeRelayTransport:
     """A bound relay socket: records every write; `receive` plays a datagram from a peer into the core."""
 
-    def __init__(self, port: int, deliver: Callable[[bytes, Address], None]) -> None:
+    def __init__(self, port: int, deliver: Callable[[bytes, Address], None], df_supported: bool = True) -> None:
         self.port = port
         self.deliver = deliver
         self.writes: list[tuple[bytes, Address]] = []
         self.closed = False
+        self.df_supported = df_supported
+        self.dont_fragment = False
+
+    def set_dont_fragment(self) -> bool:
+        """DF on everything this socket sends; False (nothing set) when `df_supported` is off, as on some OSes."""
+        self.dont_fragment = self.df_supported
+        return self.df_supported
 
     def write(self, data: bytes, addr: Address) -> None:
         assert not self.closed, "write on a closed relay socket"
@@ -67,8 +74,9 @@ class FakeRelayTransport:
 class FakeRelayOpener:
     """The core's RelayOpener: 'binds' any port except those in `busy` (taken by another process)."""
 
-    def __init__(self, busy: Iterable[int] = ()) -> None:
+    def __init__(self, busy: Iterable[int] = (), df_supported: bool = True) -> None:
         self.busy = set(busy)
+        self.df_supported = df_supported
         self.opened: list[FakeRelayTransport] = []  # every socket ever opened, in order
         self.attempts: list[int] = []
 
@@ -77,7 +85,7 @@ class FakeRelayOpener:
         if port in self.busy:
             return None
         assert port not in self.open_ports, f"port {port} bound twice"
-        transport = FakeRelayTransport(port, deliver)
+        transport = FakeRelayTransport(port, deliver, self.df_supported)
         self.opened.append(transport)
         return transport
 
@@ -111,12 +119,13 @@ class TurnHarness:
     min_port: int = 50000
     max_port: int = 50099
     busy_ports: tuple[int, ...] = ()
+    df_supported: bool = True
     clock: FakeClock = field(default_factory=FakeClock)
 
     def __post_init__(self) -> None:
         import random
 
-        self.opener = FakeRelayOpener(self.busy_ports)
+        self.opener = FakeRelayOpener(self.busy_ports, self.df_supported)
         self.ports = PortPool(self.min_port, self.max_port, random.Random(7), clock=self.clock)
         self.nonces = NonceIssuer(b"0123456789abcdef0123456789abcdef", lifetime=600)
         self.credentials = CredentialStore(self.settings.realm, self.users)

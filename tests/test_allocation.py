@@ -300,10 +300,28 @@ def test_allocate_without_requested_transport_gets_400(client):
     assert error_code(client.request(Method.ALLOCATE, [])) == 400
 
 
-def test_dont_fragment_in_allocate_gets_420_listing_it(harness, client):
+def test_dont_fragment_in_allocate_sets_df_on_the_relay_socket(client):
+    assert error_code(client.allocate((Attr.DONT_FRAGMENT, True))) is None
+    assert client.relay_socket().dont_fragment
+
+
+def test_allocate_without_dont_fragment_leaves_df_alone(allocated):
+    assert not allocated.relay_socket().dont_fragment
+
+
+def test_dont_fragment_where_the_os_cannot_set_df_gets_420_listing_it():
+    harness = TurnHarness(df_supported=False)
+    client = harness.client("alice")
     reply = client.allocate((Attr.DONT_FRAGMENT, True))
     assert error_code(reply) == 420 and reply.get(Attr.UNKNOWN_ATTRIBUTES) == (Attr.DONT_FRAGMENT,)
     assert check_integrity(reply, client.key) and not harness.server.allocations
+    assert harness.ports.held == set() and harness.opener.open_ports == set() and not harness.server.quota.per_user
+
+
+def test_dont_fragment_refused_with_r_bit_releases_the_reserved_port_too():
+    harness = TurnHarness(df_supported=False)
+    reply = harness.client("alice").allocate((Attr.DONT_FRAGMENT, True), (Attr.EVEN_PORT, True))
+    assert error_code(reply) == 420 and harness.ports.held == set() and not harness.server.reservations
 
 
 def test_unknown_comprehension_required_attribute_in_allocate_gets_420_listing_it(client):

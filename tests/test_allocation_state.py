@@ -122,7 +122,7 @@ class TurnCoreMachine(RuleBasedStateMachine):
     # --- rules ---
 
     @rule(index=st.integers(0, 3), user=st.sampled_from(USERS),
-          variant=st.sampled_from(["plain", "even", "pair", "token", "bogus-token", "even+token"]),
+          variant=st.sampled_from(["plain", "df", "even", "pair", "token", "bogus-token", "even+token"]),
           lifetime=st.sampled_from([None, 0, 30, 1200, 99999]))
     def allocate(self, index, user, variant, lifetime):
         five_tuple = FIVE_TUPLES[index]
@@ -138,6 +138,8 @@ class TurnCoreMachine(RuleBasedStateMachine):
             attributes.append((Attr.EVEN_PORT, True))
         if token is not None:
             attributes.append((Attr.RESERVATION_TOKEN, token))
+        if variant == "df":
+            attributes.append((Attr.DONT_FRAGMENT, True))
         if lifetime is not None:
             attributes.append((Attr.LIFETIME, lifetime))
         free, bindable = self.free(), self.free_bindable()
@@ -152,7 +154,7 @@ class TurnCoreMachine(RuleBasedStateMachine):
         if user_count >= USER_QUOTA or len(self.model) >= TOTAL_QUOTA:
             assert code == 486
             return
-        if variant == "plain":
+        if variant in ("plain", "df"):
             assert code == (None if bindable else 508)
         elif variant == "even":
             assert code == (None if any(p % 2 == 0 for p in bindable) else 508)
