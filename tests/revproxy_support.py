@@ -225,7 +225,7 @@ def request(pki: Pki, port: int, method: str = "GET", path: str = "/whoami", bod
         conn.close()
 
 
-def raw_exchange(pki: Pki, port: int, data: bytes, timeout: float = 5.0) -> bytes:
+def raw_exchange(pki: Pki, port: int, data: bytes, timeout: float = 10.0) -> bytes:
     """Send raw bytes over TLS and read until the proxy closes (or `timeout`)."""
     ctx = pki.client_context()
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw, \

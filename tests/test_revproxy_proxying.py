@@ -288,9 +288,9 @@ def test_host_header_cannot_steer_the_proxy(env):
     try:
         out = raw_exchange(pki, port, b"GET /whoami HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nConnection: close\r\n\r\n"
                            % trap.getsockname()[1])
-        assert out.startswith(b"HTTP/1.1 200 ") and b'"node": ' in out
+        assert out.startswith(b"HTTP/1.1 200 ") and b'"node": ' in out, out
         with pytest.raises(TimeoutError):
-            trap.accept()
+            trap.accept()  # nothing ever connected to the address the Host header named
     finally:
         trap.close()
 
