@@ -1,0 +1,143 @@
+"""Tables and target checks for the relay benchmark: medians of the rounds, ratios ours/coturn, markdown out.
+
+Pure functions over the result dictionaries the benchmark collects; nothing here measures anything.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Iterable
+
+# name, JSON key, format, "higher is better"
+METRICS = (
+    ("max pps (≤ 0.1 % loss)", "max_pps", "{:,.0f}", True),
+    ("RTT p50 @ 1000 pps (ms)", "rtt_p50_ms", "{:.3f}", False),
+    ("RTT p99 @ 1000 pps (ms)", "rtt_p99_ms", "{:.3f}", False),
+    ("CPU µs / relayed packet", "cpu_us_per_packet", "{:.1f}", False),
+    ("server RSS (MiB)", "rss_mib", "{:.1f}", False),
+)
+
+
+def median_of(rounds: Iterable[dict], key: str) -> float | None:
+    values = [r[key] for r in rounds if r.get(key) is not None]
+    return statistics.median(values) if values else None
+
+
+def summarize(rounds: list[dict]) -> dict:
+    """Median of each metric over the rounds, with the spread (min, max) for the reader to judge noise."""
+    out: dict = {}
+    for _label, key, _fmt, _higher in METRICS:
+        values = [r[key] for r in rounds if r.get(key) is not None]
+        out[key] = statistics.median(values) if values else None
+        out[key + "_range"] = [min(values), max(values)] if values else None
+    return out
+
+
+def ratio(ours: float | None, theirs: float | None) -> float | None:
+    if ours is None or theirs is None or theirs == 0:
+        return None
+    return ours / theirs
+
+
+def _cell(fmt: str, value: float | None) -> str:
+    return "—" if value is None else fmt.format(value)
+
+
+def scenario_table(scenario: dict, servers: list[str]) -> str:
+    """One markdown table: a row per metric, a column per server, then ratio columns ours/coturn."""
+    ours = [s for s in servers if s != "coturn"]
+    header = ["metric", *servers, *(f"{s} / coturn" for s in ours)]
+    lines = [f"#### {scenario['title']}", "", "| " + " | ".join(header) + " |",
+             "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    medians = scenario["median"]
+    for label, key, fmt, _higher in METRICS:
+        row = [label] + [_cell(fmt, medians[s][key]) for s in servers]
+        row += [_cell("{:.2f}", ratio(medians[s][key], medians["coturn"][key])) for s in ours]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def allocation_table(allocations: dict, servers: list[str]) -> str:
+    ours = [s for s in servers if s != "coturn"]
+    rows = (
+        ("allocations / s (1000 allocations)", "rate_per_s", "{:,.0f}"),
+        ("idle allocations held", "held", "{:,.0f}"),
+        ("RSS before (MiB)", "rss_before_mib", "{:.1f}"),
+        ("RSS with idle allocations (MiB)", "rss_after_mib", "{:.1f}"),
+        ("memory per allocation (KiB)", "kib_per_allocation", "{:.2f}"),
+    )
+    header = ["metric", *servers, *(f"{s} / coturn" for s in ours)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for label, key, fmt in rows:
+        row = [label] + [_cell(fmt, allocations[s].get(key)) for s in servers]
+        row += [_cell("{:.2f}", ratio(allocations[s].get(key), allocations["coturn"].get(key))) for s in ours]
+        lines.append("| " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
+def check_targets(results: dict) -> list[dict]:
+    """Issue 3's performance targets, each with the measured figure and whether it is met.
+
+    Per-scenario targets are checked in every scenario they apply to and reported by their worst case.
+    """
+    targets: list[dict] = []
+    channel = [s for s in results["scenarios"] if s["mode"] == "channels"]
+
+    def worst(scenarios: list[dict], server: str, key: str, higher: bool, *, difference: bool = False):
+        worst_value, where = None, None
+        for s in scenarios:
+            med = s["median"]
+            if difference:
+                if med[server][key] is None or med["coturn"][key] is None:
+                    continue
+                value = med[server][key] - med["coturn"][key]
+            else:
+                value = ratio(med[server][key], med["coturn"][key])
+            if value is None:
+                continue
+            if worst_value is None or (value < worst_value if higher else value > worst_value):
+                worst_value, where = value, s["title"]
+        return worst_value, where
+
+    def add(name: str, measured, where, limit: float, higher: bool, unit: str) -> None:
+        met = None if measured is None else (measured >= limit if higher else measured <= limit)
+        targets.append({"target": name, "measured": measured, "worst_in": where, "limit": limit,
+                        "unit": unit, "met": met})
+
+    servers = results["servers"]
+    if "ours-w2" in servers:
+        add("ChannelData max pps, workers = 2, ≥ 1.0 × coturn",
+            *worst(channel, "ours-w2", "max_pps", True), 1.0, True, "×")
+    if "ours-w1" in servers:
+        add("ChannelData max pps, workers = 1, ≥ 0.6 × coturn",
+            *worst(channel, "ours-w1", "max_pps", True), 0.6, True, "×")
+    everything = results["scenarios"]
+    for server in (s for s in servers if s != "coturn"):
+        add(f"CPU per relayed packet, {server}, ≤ 2 × coturn",
+            *worst(everything, server, "cpu_us_per_packet", False), 2.0, False, "×")
+        add(f"RTT p50 at 1000 pps, {server}, within 0.1 ms of coturn",
+            *worst(everything, server, "rtt_p50_ms", False, difference=True), 0.1, False, "ms")
+    allocations = results.get("allocations") or {}
+    for server in (s for s in servers if s != "coturn" and s in allocations):
+        mine = allocations[server]
+        add(f"memory per idle allocation, {server}, ≤ 10 KiB", mine.get("kib_per_allocation"), None, 10.0,
+            False, "KiB")
+        add(f"idle allocations held, {server}, 10 000", mine.get("held"), None, 10_000, True, "")
+        add(f"allocation rate, {server}, ≥ 0.5 × coturn",
+            ratio(mine.get("rate_per_s"), allocations.get("coturn", {}).get("rate_per_s")), None, 0.5, True, "×")
+    return targets
+
+
+def targets_table(targets: list[dict]) -> str:
+    lines = ["| target | measured (worst case) | met |", "|---|---:|:---:|"]
+    for t in targets:
+        measured = "—" if t["measured"] is None else (
+            f"{t['measured']:+.3f} ms" if t["unit"] == "ms" else
+            f"{t['measured']:,.0f}" if t["unit"] == "" else
+            f"{t['measured']:.2f} {t['unit']}"
+        )
+        if t["worst_in"]:
+            measured += f" ({t['worst_in']})"
+        met = {True: "yes", False: "**no**", None: "not measured"}[t["met"]]
+        lines.append(f"| {t['target']} | {measured} | {met} |")
+    return "\n".join(lines)

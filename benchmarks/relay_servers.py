@@ -1,0 +1,95 @@
+"""The servers the relay benchmark compares, started the same way: coturn's turnserver and our `twistd relay`.
+
+Both listen on 127.0.0.1 with long-term credentials (one user), relay on 127.0.0.1 within the same port range,
+allow loopback peers, and run without TLS/DTLS. coturn's thread count is left at its default and reported.
+Each server is one process tree whose root pid the benchmark measures.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from procstat import sample
+from relay_support import RelayProcess
+
+from coturn import Coturn
+
+USERNAME, PASSWORD, REALM = "bench", "bench-secret", "bench.test"
+
+
+@dataclass
+class Server:
+    """A running server under test."""
+
+    name: str  # "coturn", "ours-w1", "ours-w2"
+    host: str
+    port: int
+    pid: int
+    description: str
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class _FixedRangeCoturn(Coturn):
+    """tests/coturn.py's Coturn with the relay port range the benchmark gives (it picks a random one)."""
+
+    def __init__(self, min_port: int, max_port: int, **kwargs) -> None:
+        super().__init__(**kwargs)
+        self.fixed_range = (min_port, max_port)
+
+    def command(self) -> list[str]:
+        self.min_port, self.max_port = self.fixed_range
+        return super().command()
+
+
+def coturn_version() -> str:
+    turnserver = shutil.which("turnserver") or "turnserver"
+    result = subprocess.run([turnserver, "--version"], capture_output=True, text=True, timeout=10)
+    return (result.stdout or result.stderr).strip().splitlines()[0] if (result.stdout or result.stderr) else "?"
+
+
+def _coturn_threads(log: str, pid: int) -> str:
+    """What coturn says about its threads, and how many the process has."""
+    said = re.findall(r"Total (?:General|UDP|auth|General relay) servers?: *\d+|relay threads?[^\n]*\d+", log,
+                      flags=re.IGNORECASE)
+    return f"{sample(pid).threads} threads in the process" + (f" ({'; '.join(dict.fromkeys(said))})" if said else "")
+
+
+@contextlib.contextmanager
+def running_coturn(min_port: int, max_port: int) -> Iterator[Server]:
+    server = _FixedRangeCoturn(
+        min_port, max_port, username=USERNAME, password=PASSWORD, realm=REALM,
+        relay_ports=max_port - min_port + 1, extra_args=("--allow-loopback-peers",),
+    )  # fmt: skip
+    server.start()
+    try:
+        assert server.process is not None
+        yield Server("coturn", server.host, server.port, server.process.pid,
+                     f"coturn {coturn_version()}, default threads: {_coturn_threads(server.log(), server.process.pid)}")
+    finally:
+        server.stop()
+
+
+@contextlib.contextmanager
+def running_ours(workers: int, min_port: int, max_port: int) -> Iterator[Server]:
+    with tempfile.TemporaryDirectory(prefix="rpturn-bench-") as directory:
+        relay = RelayProcess(
+            Path(directory), min_port=min_port, max_port=max_port, workers=workers, realm=REALM,
+            users={USERNAME: PASSWORD},
+        )  # fmt: skip
+        relay.start()
+        try:
+            assert relay.process is not None
+            yield Server(f"ours-w{workers}", relay.host, relay.port, relay.process.pid,
+                         f"rpturn twistd relay, workers = {workers}")
+        finally:
+            relay.stop()
