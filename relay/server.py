@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import sys
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IReadDescriptor
@@ -24,6 +25,9 @@ log = Logger()
 MAX_DATAGRAM = 65536
 # Kernel socket buffers: bursts of media must not be dropped while the reactor is busy elsewhere.
 SOCKET_BUFFER = 4 * 1024 * 1024
+# Linux <linux/in.h>; Python's socket module does not always export them.
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 # Datagrams read per wake-up of one socket before the reactor looks at the others.
 READ_BURST = 64
 # A TCP control connection may not buffer more than one maximal frame plus a bit.
@@ -98,11 +102,10 @@ class DatagramSocket:
 
     def set_dont_fragment(self) -> bool:
         """Set DF on everything this socket sends (RFC 5766 DONT-FRAGMENT); False where the OS cannot."""
-        option = getattr(socket, "IP_MTU_DISCOVER", None)
-        if option is None or self.ipv6:
+        if self.ipv6 or not sys.platform.startswith("linux"):
             return False
         try:
-            self.sock.setsockopt(socket.IPPROTO_IP, option, socket.IP_PMTUDISC_DO)
+            self.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
         except OSError:
             return False
         return True
