@@ -106,15 +106,15 @@ def check_targets(results: dict) -> list[dict]:
 
     servers = results["servers"]
     if "ours-w2" in servers:
-        add("ChannelData max pps, workers = 2, ≥ 1.0 × coturn",
-            *worst(channel, "ours-w2", "max_pps", True), 1.0, True, "×")
+        add("ChannelData max pps, workers = 2, ≥ 1.0 x coturn",
+            *worst(channel, "ours-w2", "max_pps", True), 1.0, True, "x")
     if "ours-w1" in servers:
-        add("ChannelData max pps, workers = 1, ≥ 0.6 × coturn",
-            *worst(channel, "ours-w1", "max_pps", True), 0.6, True, "×")
+        add("ChannelData max pps, workers = 1, ≥ 0.6 x coturn",
+            *worst(channel, "ours-w1", "max_pps", True), 0.6, True, "x")
     everything = results["scenarios"]
     for server in (s for s in servers if s != "coturn"):
-        add(f"CPU per relayed packet, {server}, ≤ 2 × coturn",
-            *worst(everything, server, "cpu_us_per_packet", False), 2.0, False, "×")
+        add(f"CPU per relayed packet, {server}, ≤ 2 x coturn",
+            *worst(everything, server, "cpu_us_per_packet", False), 2.0, False, "x")
         add(f"RTT p50 at 1000 pps, {server}, within 0.1 ms of coturn",
             *worst(everything, server, "rtt_p50_ms", False, difference=True), 0.1, False, "ms")
     allocations = results.get("allocations") or {}
@@ -123,8 +123,8 @@ def check_targets(results: dict) -> list[dict]:
         add(f"memory per idle allocation, {server}, ≤ 10 KiB", mine.get("kib_per_allocation"), None, 10.0,
             False, "KiB")
         add(f"idle allocations held, {server}, 10 000", mine.get("held"), None, 10_000, True, "")
-        add(f"allocation rate, {server}, ≥ 0.5 × coturn",
-            ratio(mine.get("rate_per_s"), allocations.get("coturn", {}).get("rate_per_s")), None, 0.5, True, "×")
+        add(f"allocation rate, {server}, ≥ 0.5 x coturn",
+            ratio(mine.get("rate_per_s"), allocations.get("coturn", {}).get("rate_per_s")), None, 0.5, True, "x")
     return targets
 
 

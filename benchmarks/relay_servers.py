@@ -16,10 +16,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from coturn import Coturn
 from procstat import sample
 from relay_support import RelayProcess
-
-from coturn import Coturn
 
 USERNAME, PASSWORD, REALM = "bench", "bench-secret", "bench.test"
 
