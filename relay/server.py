@@ -214,6 +214,7 @@ class TurnTCPConnection(Protocol):
 
 
 class TurnTCPFactory(Factory):
+    noisy = False  # the service logs its own "listening" line
     def __init__(self, core: TurnServer, local: Address) -> None:
         self.core = core
         self.local = local
