@@ -1,0 +1,345 @@
+"""The relay benchmark's measurements: scenarios, the echo peer, load runs through `rpturn-uclient`, /proc deltas.
+
+`Bench.run` starts each server fresh per round (coturn, ours-w1, ours-w2, coturn, ...: A B A B, only one alive at
+a time, all on the same relay port range), runs every scenario against it, then times 1000 allocations; after the
+rounds each server is started once more to hold the idle allocations for the memory figure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from coturn import free_port
+from procstat import ProcessGone, sample
+from relay_report import summarize
+from relay_servers import PASSWORD, REALM, USERNAME, Server, coturn_version, running_coturn, running_ours
+
+UCLIENT = str(Path(sys.executable).with_name("rpturn-uclient"))
+TURNUTILS_PEER = shutil.which("turnutils_peer") or "/usr/bin/turnutils_peer"
+
+# One relay port range for every server (coturn, ours): below Linux's ephemeral ports (32768-60999), where the
+# load client's own sockets live, and wide enough for the idle allocations plus the scenarios' leftovers.
+MIN_PORT, MAX_PORT = 20000, 31999
+
+FIXED_RATE = 1000  # pps for the RTT figures (issue 3: "a moderate rate")
+LOSS_LIMIT = 0.1  # percent, for max pps
+MIB = 1024 * 1024
+
+
+class BenchError(RuntimeError):
+    """Something the benchmark needs could not be started or did not answer; the message says what."""
+
+
+@dataclass(frozen=True)
+class Scenario:
+    mode: str  # "channels" (ChannelData) or "indications" (Send/Data indications)
+    allocations: int
+    size: int  # payload bytes
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}-{self.allocations}x{self.size}"
+
+    @property
+    def title(self) -> str:
+        kind = "ChannelData" if self.mode == "channels" else "Send/Data"
+        return f"{kind}, {self.allocations} allocation{'s' if self.allocations > 1 else ''}, {self.size} B"
+
+
+def plan(*, quick: bool = False) -> list[Scenario]:
+    """Every scenario issue 3 asks for; `quick` keeps one of each mode."""
+    if quick:
+        return [Scenario("channels", 1, 100), Scenario("indications", 10, 1000)]
+    return [Scenario(mode, n, size)
+            for mode, n, size in itertools.product(("channels", "indications"), (1, 10, 50), (100, 1000))]
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How long each load run lasts; the full run must fit in ~10 minutes on 2 cores."""
+
+    step_duration: float  # seconds per rate step of the max-pps search
+    fixed_duration: float  # seconds at FIXED_RATE for the RTT and CPU figures
+    allocation_count: int  # allocations timed for the allocation rate
+    hold_seconds: float  # how long the idle allocations are held once made
+
+
+FULL = Timing(step_duration=0.5, fixed_duration=2.0, allocation_count=1000, hold_seconds=2.0)
+QUICK = Timing(step_duration=0.25, fixed_duration=0.5, allocation_count=50, hold_seconds=0.5)
+
+
+class EchoPeer:
+    """coturn's C echo peer (turnutils_peer) on 127.0.0.1; measured faster than rpturn-peer (see the README)."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen([TURNUTILS_PEER, "-L", "127.0.0.1", "-p", str(self.port)],
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(0.2)
+        if self.process.poll() is not None:
+            raise BenchError(f"turnutils_peer exited with {self.process.returncode}")
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def cpu(self) -> float:
+        return sample(self.process.pid).cpu_seconds
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(5)
+
+
+def uclient(server: Server, args: list[str], timeout: float, watch: Callable[[], None] = lambda: None) -> dict:
+    """Run rpturn-uclient against `server` with --json and return its result; BenchError when it fails.
+
+    `watch` is called every 50 ms while the client runs (the benchmark samples the server's RSS with it).
+    """
+    command = [UCLIENT, server.address, "-u", USERNAME, "-w", PASSWORD, "--realm", REALM, "--json", "--quiet",
+               *args]
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
+        deadline = time.monotonic() + timeout
+        while process.poll() is None:
+            if time.monotonic() > deadline:
+                process.kill()
+                process.wait()
+                raise BenchError(f"rpturn-uclient did not finish within {timeout:.0f} s: {' '.join(command)}")
+            watch()
+            time.sleep(0.05)
+        out.seek(0)
+        err.seek(0)
+        stdout, stderr = out.read(), err.read()
+    lines = [line for line in stdout.splitlines() if line.strip().startswith("{")]
+    if not lines:
+        raise BenchError(f"rpturn-uclient exited with {process.returncode} and no JSON result: "
+                         f"{' '.join(command)}\n{stderr[-2000:]}")
+    return json.loads(lines[-1])
+
+
+class Bench:
+    def __init__(self, *, servers: list[str], rounds: int, quick: bool, idle_allocations: int,
+                 log: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
+        self.servers = servers
+        self.rounds = rounds
+        self.timing = QUICK if quick else FULL
+        self.idle_allocations = idle_allocations
+        self.log = log
+        self.missing: list[str] = []
+        self.peer: EchoPeer | None = None
+        self.peer_busiest = 0.0  # highest share of one core the echo peer used in any run
+        self.client_busiest = 0.0
+        self.descriptions: dict[str, str] = {}
+
+    # --- servers ---
+
+    @contextlib.contextmanager
+    def server(self, name: str) -> Iterator[Server]:
+        if name == "coturn":
+            context = running_coturn(MIN_PORT, MAX_PORT)
+        else:
+            context = running_ours(int(name.removeprefix("ours-w")), MIN_PORT, MAX_PORT)
+        try:
+            with context as server:
+                settle(server.pid, workers=int(name.removeprefix("ours-w")) if name != "coturn" else 0)
+                self.descriptions.setdefault(name, server.description)
+                yield server
+        except (RuntimeError, OSError) as error:
+            if isinstance(error, BenchError):
+                raise
+            raise BenchError(f"{name}: {error}") from error
+
+    # --- one measurement ---
+
+    def _measured(self, server: Server, args: list[str], timeout: float) -> tuple[dict, float, int]:
+        """A uclient run, the server's CPU seconds over it and its peak RSS (bytes) while it ran."""
+        assert self.peer is not None
+        try:
+            before = sample(server.pid)
+        except ProcessGone:
+            raise BenchError(f"{server.name} died") from None
+        peak = [before.rss_bytes]
+
+        def watch() -> None:
+            with contextlib.suppress(ProcessGone, OSError):
+                peak[0] = max(peak[0], sample(server.pid).rss_bytes)
+
+        peer_before = self.peer.cpu()
+        client_before = os.times()
+        wall = time.monotonic()
+        result = uclient(server, args, timeout, watch)
+        wall = time.monotonic() - wall
+        client_after = os.times()
+        try:
+            after = sample(server.pid)
+        except ProcessGone:
+            raise BenchError(f"{server.name} died during {' '.join(args)}") from None
+        self.peer_busiest = max(self.peer_busiest, (self.peer.cpu() - peer_before) / wall)
+        client_cpu = (client_after.children_user + client_after.children_system
+                      - client_before.children_user - client_before.children_system)
+        self.client_busiest = max(self.client_busiest, client_cpu / wall)
+        return result, after.cpu_seconds - before.cpu_seconds, max(peak[0], after.rss_bytes)
+
+    def scenario(self, server: Server, scenario: Scenario) -> dict:
+        assert self.peer is not None
+        common = ["--clients", str(scenario.allocations), "--size", str(scenario.size),
+                  "--channels" if scenario.mode == "channels" else "--indications", "--peer", self.peer.address]
+        record: dict = {"server": server.name, "scenario": scenario.name}
+        result, cpu, rss = self._measured(
+            server, [*common, "--max-pps", "--step-duration", str(self.timing.step_duration)], timeout=120)
+        record.update(max_pps=max_pps_of(result), max_pps_run=result, rss_mib=rss / MIB)
+        relayed = relayed_packets(result)
+        record["cpu_us_per_packet"] = cpu / relayed * 1e6 if relayed else None
+        result, cpu, rss = self._measured(
+            server, [*common, "--rate", str(FIXED_RATE), "--duration", str(self.timing.fixed_duration)], timeout=60)
+        record.update(fixed_rate_run=result, rtt_p50_ms=rtt_of(result, "p50"), rtt_p99_ms=rtt_of(result, "p99"),
+                      loss_at_fixed_rate=loss_of(result))
+        relayed = relayed_packets(result)
+        record["cpu_us_per_packet_at_1000pps"] = cpu / relayed * 1e6 if relayed else None
+        record["rss_mib"] = max(record["rss_mib"], rss / MIB)
+        for key in ("max_pps", "rtt_p50_ms", "rtt_p99_ms", "cpu_us_per_packet"):
+            if record[key] is None:
+                self.missing.append(f"{key} for {server.name} in {scenario.title}")
+        return record
+
+    def allocation_rate(self, server: Server) -> float | None:
+        count = self.timing.allocation_count
+        result, _cpu, _rss = self._measured(server, ["--clients", str(count), "--messages", "0"], timeout=120)
+        made, seconds = allocations_of(result)
+        if made != count or not seconds:
+            self.missing.append(f"allocation rate for {server.name}: {made} of {count} allocations")
+            return None
+        return made / seconds
+
+    def idle_allocations_test(self, server: Server) -> dict:
+        """Hold `idle_allocations` allocations without traffic; the server's peak RSS meanwhile, less its RSS before.
+
+        Sampling (the /proc reads of the watch loop) is light next to the allocation work, and the peak is reached
+        with every allocation held, before the client deletes them on exit.
+        """
+        count = self.idle_allocations
+        before = sample(server.pid).rss_bytes
+        result, _cpu, peak = self._measured(
+            server, ["--clients", str(count), "--messages", "0", "--duration", str(self.timing.hold_seconds)],
+            timeout=240)
+        made, seconds = allocations_of(result)
+        out = {"held": made, "rss_before_mib": before / MIB, "rss_after_mib": peak / MIB,
+               "kib_per_allocation": (peak - before) / count / 1024 if made == count else None,
+               "idle_rate_per_s": made / seconds if seconds else None, "run": result}
+        if made != count:
+            self.missing.append(f"idle allocations for {server.name}: {made} of {count} held")
+        return out
+
+    # --- the whole run ---
+
+    def run(self, scenarios: list[Scenario]) -> dict:
+        self.peer = EchoPeer()
+        per: dict[str, dict[str, list[dict]]] = {s.name: {name: [] for name in self.servers} for s in scenarios}
+        rates: dict[str, list[float]] = {name: [] for name in self.servers}
+        try:
+            for round_number in range(1, self.rounds + 1):
+                for name in self.servers:
+                    start = time.monotonic()
+                    with self.server(name) as server:
+                        for scenario in scenarios:
+                            record = self.scenario(server, scenario)
+                            record["round"] = round_number
+                            per[scenario.name][name].append(record)
+                            self.log(f"round {round_number} {name:8} {scenario.title:40} "
+                                     f"max {fmt(record['max_pps'], '{:,.0f}')} pps, "
+                                     f"p50 {fmt(record['rtt_p50_ms'], '{:.3f}')} ms, "
+                                     f"{fmt(record['cpu_us_per_packet'], '{:.1f}')} µs/pkt")
+                        rate = self.allocation_rate(server)
+                        if rate is not None:
+                            rates[name].append(rate)
+                    self.log(f"round {round_number} {name}: {time.monotonic() - start:.0f} s, "
+                             f"allocation rate {fmt(rate, '{:,.0f}')}/s")
+            allocations: dict[str, dict] = {}
+            for name in self.servers:
+                with self.server(name) as server:
+                    allocations[name] = self.idle_allocations_test(server)
+                allocations[name]["rate_per_s"] = median(rates[name])
+                allocations[name]["rate_rounds"] = rates[name]
+                self.log(f"{name}: {allocations[name]['held']} idle allocations, "
+                         f"{fmt(allocations[name]['kib_per_allocation'], '{:.2f}')} KiB each")
+        finally:
+            self.peer.stop()
+        return {
+            "servers": self.servers,
+            "environment": self.environment(),
+            "scenarios": [
+                {"name": s.name, "title": s.title, "mode": s.mode, "allocations": s.allocations, "size": s.size,
+                 "rounds": per[s.name], "median": {name: summarize(per[s.name][name]) for name in self.servers}}
+                for s in scenarios
+            ],
+            "allocations": allocations,
+            "missing": self.missing,
+        }
+
+    def environment(self) -> dict:
+        notes = [f"{name}: {text}" for name, text in self.descriptions.items()]
+        notes.append(f"echo peer: turnutils_peer (C); busiest run used {self.peer_busiest:.0%} of one core")
+        notes.append(f"load client: rpturn-uclient; busiest run used {self.client_busiest:.0%} of a core "
+                     f"(all its processes)")
+        notes.append(f"max pps: uclient --max-pps, {self.timing.step_duration} s per rate step, loss <= "
+                     f"{LOSS_LIMIT} %; CPU per packet over that whole search, packets relayed both ways")
+        notes.append(f"RTT: {self.timing.fixed_duration} s at {FIXED_RATE} pps; relay ports {MIN_PORT}-{MAX_PORT}")
+        return {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
+                "coturn": coturn_version(), "descriptions": self.descriptions, "notes": notes,
+                "peer_busiest_core_share": self.peer_busiest, "client_busiest_core_share": self.client_busiest,
+                "timing": self.timing.__dict__}
+
+
+def settle(pid: int, workers: int) -> None:
+    """Wait (up to 5 s) until a multi-worker relay has all its workers, then let start-up work finish."""
+    deadline = time.monotonic() + 5
+    while workers > 1 and time.monotonic() < deadline and sample(pid).processes < workers + 1:
+        time.sleep(0.05)
+    time.sleep(0.3)
+
+
+def median(values: list[float]) -> float | None:
+    import statistics
+
+    return statistics.median(values) if values else None
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else spec.format(value)
+
+
+# --- reading rpturn-uclient's JSON (kept in one place: the tool's output format is its owner's) ---
+
+def max_pps_of(result: dict) -> float | None:
+    return result.get("max_pps")
+
+
+def rtt_of(result: dict, which: str) -> float | None:
+    return result.get("rtt_ms", {}).get(which)
+
+
+def loss_of(result: dict) -> float | None:
+    return result.get("loss_percent")
+
+
+def relayed_packets(result: dict) -> int:
+    """Datagrams the server relayed: client -> peer and peer -> client, both counted."""
+    return int(result.get("sent", 0)) + int(result.get("received", 0))
+
+
+def allocations_of(result: dict) -> tuple[int, float]:
+    return int(result.get("allocations", 0)), float(result.get("allocation_seconds", 0.0))
