@@ -39,7 +39,7 @@ class Server:
 
 
 class _FixedRangeCoturn(Coturn):
-    """tests/coturn.py's Coturn with the relay port range the benchmark gives (it picks a random one)."""
+    """tests/coturn.py's Coturn with the relay port range the benchmark gives (it picks a random small one)."""
 
     def __init__(self, min_port: int, max_port: int, **kwargs) -> None:
         super().__init__(**kwargs)
@@ -67,7 +67,7 @@ def _coturn_threads(log: str, pid: int) -> str:
 def running_coturn(min_port: int, max_port: int) -> Iterator[Server]:
     server = _FixedRangeCoturn(
         min_port, max_port, username=USERNAME, password=PASSWORD, realm=REALM,
-        relay_ports=max_port - min_port + 1, extra_args=("--allow-loopback-peers",),
+        extra_args=("--allow-loopback-peers",),
     )  # fmt: skip
     server.start()
     try:
