@@ -161,6 +161,7 @@ class TurnClient:
         last_wait: int = RM,
         reliable_timeout: float = TI,
         keepalive: bool = False,
+        transaction_timeout: float | None = None,
     ) -> None:
         self.credentials = credentials
         self.reliable = reliable
@@ -170,6 +171,7 @@ class TurnClient:
         self.last_wait = last_wait
         self.reliable_timeout = reliable_timeout
         self.keepalive = keepalive
+        self.transaction_timeout = transaction_timeout  # caps the RFC schedule (interactive tools)
         self.realm: str | None = credentials.realm if credentials else None
         self.nonce: str | None = None
         self._key: bytes | None = None
@@ -415,6 +417,8 @@ class TurnClient:
         else:
             # Sends at 0, RTO, 3 RTO, 7 RTO, ... (Rc sends), then Rm * RTO after the last: 39.5 s by default.
             tx.give_up_at = now + self.rto * ((1 << (self.max_sends - 1)) - 1 + self.last_wait)
+        if self.transaction_timeout is not None:
+            tx.give_up_at = min(tx.give_up_at, now + self.transaction_timeout)
         self._by_tid[tx.transaction_id] = tx
         self._transmit(tx, now)
 

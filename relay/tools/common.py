@@ -1,0 +1,82 @@
+"""Small pieces the harness tools share: HOST[:PORT] parsing and socket buffer sizing."""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import socket
+
+STUN_PORT = 3478
+SOCKET_BUFFER = 4 << 20  # bytes; bursts at 100k+ pps overflow Linux's 208 KiB default and count as loss
+
+
+def host_port(text: str, default_port: int | None = STUN_PORT) -> tuple[str, int]:
+    """`HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address -> (numeric host, port).
+    Raises argparse.ArgumentTypeError with a readable message (argparse prints it as a usage error)."""
+    host, port_text = text, None
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest.startswith(":"):
+            port_text = rest[1:]
+        elif rest:
+            raise argparse.ArgumentTypeError(f"bad address {text!r}")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    if port_text is None:
+        if default_port is None:
+            raise argparse.ArgumentTypeError(f"{text!r} needs a port (HOST:PORT)")
+        port = default_port
+    else:
+        try:
+            port = int(port_text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"bad port in {text!r}") from None
+        if not 0 <= port <= 65535:
+            raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
+    try:
+        return str(ipaddress.ip_address(host)), port
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    except socket.gaierror as e:
+        raise argparse.ArgumentTypeError(f"cannot resolve {host!r}: {e.strerror}") from None
+    return str(infos[0][4][0]), port
+
+
+def peer_port(text: str) -> tuple[str, int]:
+    """HOST:PORT with the port required."""
+    return host_port(text, default_port=None)
+
+
+def family_of(host: str) -> socket.AddressFamily:
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def raise_buffers(sock: socket.socket, size: int = SOCKET_BUFFER) -> None:
+    """Ask for large kernel buffers; Linux caps them at net.core.[rw]mem_max without complaint."""
+    for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+        # A smaller buffer only means more loss at high rates, which the figures then show.
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, option, size)
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive: {text!r}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
+    return value
