@@ -30,6 +30,8 @@ IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
 IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 # Datagrams read per wake-up of one socket before the reactor looks at the others.
 READ_BURST = 64
+# Seconds a TCP connection without an allocation may go without sending a whole frame.
+TCP_IDLE_TIMEOUT = 30.0
 # A TCP control connection may not buffer more than one maximal frame plus a bit.
 MAX_TCP_BUFFER = 65536 + 8
 
@@ -165,16 +167,34 @@ class TurnUDPListener:
 class TurnTCPConnection(Protocol):
     """One client's TCP control connection (RFC 5766 §2.1): a stream of STUN messages and padded ChannelData."""
 
-    def __init__(self, core: TurnServer, local: Address) -> None:
+    def __init__(self, core: TurnServer, local: Address, clock) -> None:
         self.core = core
         self.local = local
+        self.clock = clock
         self.buffer = bytearray()
         self.five_tuple: tuple = ()
+        self.frames = 0
+        self.idle_check = None
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self.five_tuple = ("tcp", (unmap(peer.host), peer.port), self.local)
         self.transport.setTcpNoDelay(True)
+        self.idle_check = self.clock.callLater(TCP_IDLE_TIMEOUT, self.check_idle)
+
+    def check_idle(self) -> None:
+        """Close a connection that neither holds an allocation nor sent a whole frame for a while.
+
+        Otherwise anyone could hold sockets open for free, e.g. with a half-sent frame. Counting frames costs the
+        hot path one integer increment; no timer is touched per packet.
+        """
+        if self.frames or self.five_tuple in self.core.allocations:
+            self.frames = 0
+            self.idle_check = self.clock.callLater(TCP_IDLE_TIMEOUT, self.check_idle)
+            return
+        self.idle_check = None
+        self.core.stats["tcp_idle_closed"] += 1
+        self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
         buffer = self.buffer
@@ -201,6 +221,7 @@ class TurnTCPConnection(Protocol):
             self.transport.abortConnection()
 
     def frameReceived(self, frame: bytes) -> None:
+        self.frames += 1
         if 0x40 <= frame[0] <= 0x7F:
             self.core.handle_channel_data(frame, self.five_tuple)
             return
@@ -209,18 +230,22 @@ class TurnTCPConnection(Protocol):
             self.transport.write(reply)
 
     def connectionLost(self, reason) -> None:
+        if self.idle_check is not None and self.idle_check.active():
+            self.idle_check.cancel()
         if self.five_tuple:
             self.core.connection_lost(self.five_tuple)
 
 
 class TurnTCPFactory(Factory):
     noisy = False  # the service logs its own "listening" line
-    def __init__(self, core: TurnServer, local: Address) -> None:
+
+    def __init__(self, core: TurnServer, local: Address, clock) -> None:
         self.core = core
         self.local = local
+        self.clock = clock
 
     def buildProtocol(self, addr) -> TurnTCPConnection:
-        return TurnTCPConnection(self.core, self.local)
+        return TurnTCPConnection(self.core, self.local, self.clock)
 
 
 def relay_opener(reactor, relay_ip: str) -> Callable:
@@ -270,7 +295,7 @@ def listen_udp(reactor, core: TurnServer, host: str, port: int, sock: socket.soc
 
 def listen_tcp(reactor, core: TurnServer, host: str, port: int, sock: socket.socket | None = None):
     """The client-facing TCP listener on host:port, on `sock` when the supervisor handed one down."""
-    factory = TurnTCPFactory(core, (host, port))
+    factory = TurnTCPFactory(core, (host, port), reactor)
     if sock is None:
         return reactor.listenTCP(port, factory, interface=host, backlog=1024)
     sock.setblocking(False)

@@ -4,10 +4,13 @@ import os
 import socket
 import time
 
+from fakes import TurnHarness
 from relay_support import RawTurnClient, RelayProcess, error_code
+from twisted.internet.address import IPv4Address
+from twisted.internet.task import Clock
 
 from relay import stun
-from relay.server import IP_MTU_DISCOVER, IP_PMTUDISC_DO, DatagramSocket, open_udp_socket, unmap
+from relay.server import IP_MTU_DISCOVER, IP_PMTUDISC_DO, TCP_IDLE_TIMEOUT, DatagramSocket, open_udp_socket, unmap
 from relay.stun import Attr, Method
 
 
@@ -82,3 +85,39 @@ def test_tcp_frames_split_byte_by_byte_are_reassembled(tmp_path):
         turn.close()
     finally:
         relay.stop()
+
+
+def tcp_connection(harness, clock):
+    from twisted.internet.testing import StringTransport
+
+    from relay.server import TurnTCPFactory
+
+    class TCPTransport(StringTransport):
+        def setTcpNoDelay(self, enabled):
+            self.nodelay = enabled
+
+    connection = TurnTCPFactory(harness.server, ("127.0.0.1", 3478), clock).buildProtocol(None)
+    transport = TCPTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 40000))
+    connection.makeConnection(transport)
+    return connection, transport
+
+
+def test_idle_tcp_connection_without_allocation_is_closed():
+    harness, clock = TurnHarness(), Clock()
+    connection, transport = tcp_connection(harness, clock)
+    connection.dataReceived(b"\x00\x01\x00\x08")  # half a Binding request, then nothing
+    clock.advance(TCP_IDLE_TIMEOUT + 1)
+    assert transport.disconnecting
+    assert harness.server.stats["tcp_idle_closed"] == 1
+
+
+def test_tcp_connection_that_keeps_sending_frames_stays_open():
+    harness, clock = TurnHarness(), Clock()
+    connection, transport = tcp_connection(harness, clock)
+    binding = stun.encode(stun.Message(Method.BINDING, stun.MessageClass.REQUEST, os.urandom(12), []))
+    for _ in range(5):
+        connection.dataReceived(binding)
+        clock.advance(TCP_IDLE_TIMEOUT)
+    assert not transport.disconnecting
+    connection.connectionLost(None)
+    assert not clock.getDelayedCalls()
