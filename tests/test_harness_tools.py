@@ -197,3 +197,11 @@ def test_uclient_max_pps_finds_a_positive_rate(coturn: Coturn, peer: Peer) -> No
 def test_uclient_rejects_too_small_payload() -> None:
     done = run(UCLIENT, "127.0.0.1:3478", "-u", "u", "-w", "p", "--size", "4")
     assert done.returncode == 2 and "--size" in done.stderr
+
+
+def test_uclient_raw_echo_measures_the_client_alone(peer: Peer) -> None:
+    done = run(UCLIENT, peer.address, "-u", "-", "-w", "-", "--raw-echo", "--json", "--quiet", "--clients", "2",
+               "--messages", "100", "--rate", "5000")
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    assert result["sent"] == result["received"] == 200 and result["allocations"] == 0

@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="seconds to wait for the last echoes (default 1)")
     p.add_argument("--processes", default="1",
                    help="processes to spread the clients over: a number or 'auto' (one per core; default 1)")
+    p.add_argument("--raw-echo", action="store_true",
+                   help="measure the client alone: HOST:PORT is a plain UDP echo (rpturn-peer), no TURN set-up")
     p.add_argument("--json", action="store_true", help="print one JSON result instead of the report")
     p.add_argument("--quiet", action="store_true", help="no progress line")
     search = p.add_argument_group("--max-pps search")
@@ -260,30 +262,30 @@ def run_figures(run: RunResult) -> dict[str, Any]:
 
 
 def search_max_pps(pool: Pool, args: argparse.Namespace) -> tuple[float, list[Step], bool]:
-    """Offer rising rates; the highest with loss <= threshold. Returns (rate, steps, client_limited)."""
+    """Offer rising rates (x --step-factor) until a step loses more than the threshold, then bisect between the
+    last rate held and the lowest lost for --refine steps. A step the client could not even offer (< 95 % of the
+    rate sent) counts as lost; `client_limited` says the lowest lost rate was such a step, so the figure is the
+    client's ceiling, not the server's. Returns (rate held, steps, client_limited)."""
     steps: list[Step] = []
     held, lost = 0.0, None
+    client_limited = False
     rate = float(args.start_rate)
     refining = 0
-    client_limited = False
     deadline = time.monotonic() + args.max_time
-    step_number = 0
     while time.monotonic() < deadline:
-        step_number += 1
-        run = pool.run(rate, None, args.step_duration, step_number, linger=0.25)
+        run = pool.run(rate, None, args.step_duration, len(steps) + 1, linger=0.25)
         step = Step(rate, run)
         steps.append(step)
         offered = run.sent / run.send_seconds if run.send_seconds else 0.0
-        if offered < 0.95 * rate:
-            client_limited = True  # the client could not offer this rate: what follows would measure the client
-        if step.loss_percent <= args.threshold and not client_limited:
-            held = rate
-        else:
-            lost = rate if lost is None else min(lost, rate)
+        short = offered < 0.95 * rate
+        if step.loss_percent <= args.threshold and not short:
+            held = max(held, rate)
+        elif lost is None or rate < lost:
+            lost, client_limited = rate, short
         if lost is None:
             rate *= args.step_factor
         else:
-            if refining >= args.refine or client_limited:
+            if refining >= args.refine:
                 break
             refining += 1
             rate = (held + lost) / 2 if held else lost / args.step_factor
@@ -334,7 +336,7 @@ def main(argv: list[str] | None = None) -> None:
     traffic = args.max_pps or args.messages > 0
     options = LoadOptions(
         server=args.server, credentials=Credentials(args.user, args.password, args.realm), tcp=args.tcp,
-        peer=args.peer, channels=args.channels, size=args.size, traffic=traffic,
+        peer=args.peer, channels=args.channels, size=args.size, traffic=traffic, raw_echo=args.raw_echo,
     )
     pool = Pool(options, args.clients, args.processes, show_progress=not args.quiet)
     try:
@@ -349,7 +351,7 @@ def main(argv: list[str] | None = None) -> None:
             if setup.allocation_seconds else 0.0,
         }
         run = RunResult()
-        ok = setup.allocations == args.clients and setup.ready == args.clients
+        ok = setup.ready == args.clients and (args.raw_echo or setup.allocations == args.clients)
         if ok and args.max_pps:
             held, steps, client_limited = search_max_pps(pool, args)
             run = merge_runs([s.result for s in steps])
