@@ -71,13 +71,17 @@ class Timing:
     """How long each load run lasts; the full run must fit in ~10 minutes on 2 cores."""
 
     step_duration: float  # seconds per rate step of the max-pps search
-    fixed_duration: float  # seconds at FIXED_RATE for the RTT and CPU figures
+    first_start_rate: int  # the first round's search starts here and doubles ...
+    refine: int  # ... then bisects this many times; later rounds start from 0.6 x the first round's figure
+    fixed_duration: float  # seconds at FIXED_RATE for the RTT figures
     allocation_count: int  # allocations timed for the allocation rate
     hold_seconds: float  # how long the idle allocations are held once made
 
 
-FULL = Timing(step_duration=0.5, fixed_duration=2.0, allocation_count=1000, hold_seconds=2.0)
-QUICK = Timing(step_duration=0.25, fixed_duration=0.5, allocation_count=50, hold_seconds=0.5)
+FULL = Timing(step_duration=0.3, first_start_rate=4000, refine=2, fixed_duration=1.0, allocation_count=1000,
+              hold_seconds=1.5)
+QUICK = Timing(step_duration=0.2, first_start_rate=4000, refine=1, fixed_duration=0.5, allocation_count=50,
+               hold_seconds=0.5)
 
 
 class EchoPeer:
@@ -144,6 +148,7 @@ class Bench:
         self.peer_busiest = 0.0  # highest share of one core the echo peer used in any run
         self.client_busiest = 0.0
         self.descriptions: dict[str, str] = {}
+        self.first_found: dict[tuple[str, str], float] = {}  # (server, scenario) -> first round's max pps
 
     # --- servers ---
 
@@ -194,25 +199,39 @@ class Bench:
         self.client_busiest = max(self.client_busiest, client_cpu / wall)
         return result, after.cpu_seconds - before.cpu_seconds, max(peak[0], after.rss_bytes)
 
+    def search_arguments(self, server: Server, scenario: Scenario) -> list[str]:
+        """The first round searches from a low rate doubling; later rounds start near what the first one found."""
+        t = self.timing
+        found = self.first_found.get((server.name, scenario.name))
+        if not found:
+            start, factor = t.first_start_rate, 2.0
+        else:
+            start, factor = max(1000, int(found * 0.6)), 1.3
+        return ["--max-pps", "--step-duration", str(t.step_duration), "--start-rate", str(start),
+                "--step-factor", str(factor), "--refine", str(t.refine), "--max-time", "20"]
+
     def scenario(self, server: Server, scenario: Scenario) -> dict:
         assert self.peer is not None
         common = ["--clients", str(scenario.allocations), "--size", str(scenario.size),
                   "--channels" if scenario.mode == "channels" else "--indications", "--peer", self.peer.address]
         record: dict = {"server": server.name, "scenario": scenario.name}
-        result, cpu, rss = self._measured(
-            server, [*common, "--max-pps", "--step-duration", str(self.timing.step_duration)], timeout=120)
-        record.update(max_pps=max_pps_of(result), max_pps_run=result, rss_mib=rss / MIB)
+        result, cpu, rss = self._measured(server, [*common, *self.search_arguments(server, scenario)], timeout=60)
+        record.update(max_pps=max_pps_of(result), client_limited=result.get("client_limited"),
+                      max_pps_run=result, rss_mib=rss / MIB)
+        if record["max_pps"]:
+            self.first_found.setdefault((server.name, scenario.name), record["max_pps"])
         relayed = relayed_packets(result)
         record["cpu_us_per_packet"] = cpu / relayed * 1e6 if relayed else None
         result, cpu, rss = self._measured(
-            server, [*common, "--rate", str(FIXED_RATE), "--duration", str(self.timing.fixed_duration)], timeout=60)
+            server, [*common, "--rate", str(FIXED_RATE), "--duration", str(self.timing.fixed_duration),
+                     "--linger", "0.3"], timeout=30)
         record.update(fixed_rate_run=result, rtt_p50_ms=rtt_of(result, "p50"), rtt_p99_ms=rtt_of(result, "p99"),
                       loss_at_fixed_rate=loss_of(result))
         relayed = relayed_packets(result)
         record["cpu_us_per_packet_at_1000pps"] = cpu / relayed * 1e6 if relayed else None
         record["rss_mib"] = max(record["rss_mib"], rss / MIB)
         for key in ("max_pps", "rtt_p50_ms", "rtt_p99_ms", "cpu_us_per_packet"):
-            if record[key] is None:
+            if not record[key]:
                 self.missing.append(f"{key} for {server.name} in {scenario.title}")
         return record
 
