@@ -80,6 +80,8 @@ class Coturn:
         password: str = "p",
         realm: str = "r",
         relay_ports: int = 200,
+        min_port: int | None = None,
+        max_port: int | None = None,
         extra_args: tuple[str, ...] = (),
     ) -> None:
         self.host = "127.0.0.1"
@@ -89,6 +91,7 @@ class Coturn:
         self.realm = realm
         self.relay_ports = relay_ports
         self.extra_args = extra_args
+        self.fixed_range = (min_port, max_port) if min_port is not None and max_port is not None else None
         self.min_port = self.max_port = 0
         self.process: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -114,10 +117,13 @@ class Coturn:
     def start(self, timeout: float = 10.0) -> Coturn:
         self._dir = tempfile.TemporaryDirectory(prefix="rpturn-coturn-")
         self.port = free_port()
-        # A random window above the listening ports and below Linux's ephemeral range (32768-60999 by default is
-        # shared; coturn skips a relay port that is in use, so an overlap costs nothing but a retry).
-        self.min_port = random.randrange(20000, 32000 - self.relay_ports)
-        self.max_port = self.min_port + self.relay_ports - 1
+        # Unless given: a random window below Linux's ephemeral range (32768-60999), where test clients' ports
+        # land; coturn skips a relay port in use, so an overlap costs nothing but a retry.
+        if self.fixed_range is not None:
+            self.min_port, self.max_port = self.fixed_range
+        else:
+            self.min_port = random.randrange(20000, max(20001, 32000 - self.relay_ports))
+            self.max_port = self.min_port + self.relay_ports - 1
         self.log_path = Path(self._dir.name) / "turnserver.log"
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
