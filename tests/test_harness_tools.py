@@ -205,3 +205,36 @@ def test_uclient_raw_echo_measures_the_client_alone(peer: Peer) -> None:
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
     assert result["sent"] == result["received"] == 200 and result["allocations"] == 0
+
+
+DRIVER_SCRIPT = """
+import sys
+from twisted.internet import defer, task
+from relay.client import Credentials
+from relay.tools.twisted_client import connect
+
+@defer.inlineCallbacks
+def main(reactor, host, port, peer_host, peer_port, tcp):
+    client = yield connect(reactor, host, int(port), tcp=tcp == "tcp", credentials=Credentials("u", "p"))
+    allocation = yield client.allocate()
+    peer = (peer_host, int(peer_port))
+    yield client.channel_bind(peer)
+    echoed = defer.Deferred()
+    client.on_data = lambda event: echoed.callback(event) if not echoed.called else None
+    client.send(peer, b"through the relay")
+    event = yield echoed
+    yield client.refresh(0)
+    client.close()
+    print(allocation.relayed[0], event.channel, event.payload.decode())
+
+task.react(main, sys.argv[1:])
+"""
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_twisted_driver_allocates_binds_and_relays(coturn: Coturn, peer: Peer, transport: str) -> None:
+    host, port = coturn.address.rsplit(":", 1)
+    peer_host, peer_port = peer.address.rsplit(":", 1)
+    done = run(sys.executable, "-c", DRIVER_SCRIPT, host, port, peer_host, peer_port, transport, timeout=20)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split(maxsplit=2) == ["127.0.0.1", str(0x4000), "through the relay\n"]
