@@ -143,7 +143,8 @@ class Bench:
         self.timing = QUICK if quick else FULL
         self.idle_allocations = idle_allocations
         self.log = log
-        self.missing: list[str] = []
+        self.missing: list[str] = []  # figures no round could measure: the benchmark exits non-zero
+        self.round_failures: list[str] = []  # single rounds that failed; the medians use the others
         self.peer: EchoPeer | None = None
         self.peer_busiest = 0.0  # highest share of one core the echo peer used in any run
         self.client_busiest = 0.0
@@ -199,11 +200,13 @@ class Bench:
         self.client_busiest = max(self.client_busiest, client_cpu / wall)
         return result, after.cpu_seconds - before.cpu_seconds, max(peak[0], after.rss_bytes)
 
-    def search_arguments(self, server: Server, scenario: Scenario) -> list[str]:
+    def search_arguments(self, server: Server, scenario: Scenario, *, cold: bool = False) -> list[str]:
         """The first round searches from a low rate doubling; later rounds start near what the first one found."""
         t = self.timing
         found = self.first_found.get((server.name, scenario.name))
-        if not found:
+        if cold:
+            start, factor = 1000, 2.0
+        elif not found:
             start, factor = t.first_start_rate, 2.0
         else:
             start, factor = max(1000, int(found * 0.6)), 1.3
@@ -216,6 +219,11 @@ class Bench:
                   "--channels" if scenario.mode == "channels" else "--indications", "--peer", self.peer.address]
         record: dict = {"server": server.name, "scenario": scenario.name}
         result, cpu, rss = self._measured(server, [*common, *self.search_arguments(server, scenario)], timeout=60)
+        if not max_pps_of(result):
+            # Nothing held, usually a burst of loss from something else on the machine: search once more from low.
+            self.round_failures.append(f"{server.name} {scenario.title}: max-pps search held nothing; searched again")
+            result, cpu, rss = self._measured(
+                server, [*common, *self.search_arguments(server, scenario, cold=True)], timeout=60)
         record.update(max_pps=max_pps_of(result), client_limited=result.get("client_limited"),
                       max_pps_run=result, rss_mib=rss / MIB)
         if record["max_pps"]:
@@ -232,15 +240,24 @@ class Bench:
         record["rss_mib"] = max(record["rss_mib"], rss / MIB)
         for key in ("max_pps", "rtt_p50_ms", "rtt_p99_ms", "cpu_us_per_packet"):
             if not record[key]:
-                self.missing.append(f"{key} for {server.name} in {scenario.title}")
+                record[key] = None
+                errors = {**result.get("errors", {}), **record["max_pps_run"].get("errors", {})}
+                self.round_failures.append(f"{server.name} {scenario.title}: no {key} this round (errors {errors})")
         return record
 
     def allocation_rate(self, server: Server) -> float | None:
+        """Allocations per second over `allocation_count` allocations made at once.
+
+        A few failures in a thousand do not void the figure (coturn answers 437 now and then when the client's new
+        socket reuses the port of an earlier run's allocation it has not forgotten yet): they are recorded.
+        """
         count = self.timing.allocation_count
         result, _cpu, _rss = self._measured(server, ["--clients", str(count), "--messages", "0"], timeout=120)
         made, seconds = allocations_of(result)
-        if made != count or not seconds:
-            self.missing.append(f"allocation rate for {server.name}: {made} of {count} allocations")
+        if made < count:
+            self.round_failures.append(f"{server.name} allocation rate: {made} of {count} allocations, errors "
+                                       f"{result.get('errors')}")
+        if made < 0.99 * count or not seconds:
             return None
         return made / seconds
 
@@ -256,11 +273,14 @@ class Bench:
             server, ["--clients", str(count), "--messages", "0", "--duration", str(self.timing.hold_seconds)],
             timeout=240)
         made, seconds = allocations_of(result)
-        out = {"held": made, "rss_before_mib": before / MIB, "rss_after_mib": peak / MIB,
-               "kib_per_allocation": (peak - before) / count / 1024 if made == count else None,
+        out = {"held": made, "errors": result.get("errors", {}), "rss_before_mib": before / MIB,
+               "rss_after_mib": peak / MIB, "kib_per_allocation": (peak - before) / made / 1024 if made else None,
                "idle_rate_per_s": made / seconds if seconds else None, "run": result}
-        if made != count:
-            self.missing.append(f"idle allocations for {server.name}: {made} of {count} held")
+        if made != count:  # a figure all the same (per allocation held); the "held" target reports the shortfall
+            self.round_failures.append(f"{server.name}: {made} of {count} idle allocations held, errors "
+                                       f"{result.get('errors')}")
+        if not made:
+            self.missing.append(f"idle allocations for {server.name}: none held")
         return out
 
     # --- the whole run ---
@@ -287,6 +307,12 @@ class Bench:
                             rates[name].append(rate)
                     self.log(f"round {round_number} {name}: {time.monotonic() - start:.0f} s, "
                              f"allocation rate {fmt(rate, '{:,.0f}')}/s")
+            for scenario in scenarios:
+                for name in self.servers:
+                    for key in ("max_pps", "rtt_p50_ms", "rtt_p99_ms", "cpu_us_per_packet"):
+                        if all(record[key] is None for record in per[scenario.name][name]):
+                            self.missing.append(f"{key} for {name} in {scenario.title}")
+            self.missing += [f"allocation rate for {name}" for name in self.servers if not rates[name]]
             allocations: dict[str, dict] = {}
             for name in self.servers:
                 with self.server(name) as server:
@@ -307,6 +333,7 @@ class Bench:
             ],
             "allocations": allocations,
             "missing": self.missing,
+            "round_failures": self.round_failures,
         }
 
     def environment(self) -> dict:
