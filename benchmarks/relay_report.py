@@ -30,6 +30,8 @@ def summarize(rounds: list[dict]) -> dict:
         values = [r[key] for r in rounds if r.get(key) is not None]
         out[key] = statistics.median(values) if values else None
         out[key + "_range"] = [min(values), max(values)] if values else None
+    out["client_limited_rounds"] = sum(1 for r in rounds if r.get("client_limited"))
+    out["rounds"] = len(rounds)
     return out
 
 
@@ -54,6 +56,11 @@ def scenario_table(scenario: dict, servers: list[str]) -> str:
         row = [label] + [_cell(fmt, medians[s][key]) for s in servers]
         row += [_cell("{:.2f}", ratio(medians[s][key], medians["coturn"][key])) for s in ours]
         lines.append("| " + " | ".join(row) + " |")
+    # The search stops at the client's own ceiling too: then the figure says little about the server.
+    row = ["max pps search client-limited"] + [
+        f"{medians[s]['client_limited_rounds']} of {medians[s]['rounds']} rounds" for s in servers
+    ] + [""] * len(ours)
+    lines.append("| " + " | ".join(row) + " |")
     return "\n".join(lines)
 
 
