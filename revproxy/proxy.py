@@ -179,6 +179,9 @@ class ClientConnection(_Deadline, Protocol):
         self.client_ip_bytes = b""
 
     def connectionMade(self) -> None:
+        # Responses go out as a head write then body writes: with Nagle on, the second small TLS record waits
+        # for the client's delayed ACK (40 ms per 64 KiB response).
+        self.transport.setTcpNoDelay(True)
         host = self.transport.getPeer().host
         self.client_ip = host[7:] if host.startswith("::ffff:") else host
         self.client_ip_bytes = self.client_ip.encode()
@@ -402,7 +405,7 @@ class Exchange:
         self.connecting = None
         self.upstream = up
         self.body_sent = 0
-        self.paused = False
+        self.resume_client()
         up.transport.write(self.upstream_head)
         if self.store is None:
             self.request_sent = True
@@ -432,6 +435,7 @@ class Exchange:
                 up.transport.write(LAST_CHUNK)
             self.request_sent = True
             up.transport.unregisterProducer()
+            self.resume_client()  # the last write may have paused us: nobody would resume the client then
 
     def request_data(self, piece: bytes) -> None:
         store = self.store
@@ -462,6 +466,13 @@ class Exchange:
 
     def stopProducing(self) -> None:
         self.paused = True
+
+    def resume_client(self) -> None:
+        """Undo a pause from a node connection this exchange no longer writes to (failover, abandon)."""
+        if self.paused:
+            self.paused = False
+            if self.conn.transport is not None and not self.finished:
+                self.conn.transport.resumeProducing()
 
     # -- response side ---------------------------------------------------------------------------------------
     def upstream_head_received(self, up: UpstreamConnection, head: http1.Head) -> bool:
@@ -537,6 +548,9 @@ class Exchange:
         if transport.producer is not None:
             transport.unregisterProducer()
         if reusable and self.request_sent:
+            # The client's backpressure may have paused reading from the node, and unregistering does not resume
+            # it: a pooled connection that never reads would hang the next request on it.
+            up.transport.resumeProducing()
             self.ctx.upstreams.release(up)
         else:
             up.transport.loseConnection()
@@ -618,6 +632,7 @@ class Exchange:
         up, self.upstream = self.upstream, None
         if up is not None:
             up.abandon()
+        self.resume_client()
 
     def client_gone(self) -> None:
         """The client went away: close the node's connection at once (a half-read response cannot be reused)."""
@@ -667,6 +682,7 @@ class UpstreamConnection(_Deadline, Protocol):
         self.connector: _Connect | None = None
 
     def connectionMade(self) -> None:
+        self.transport.setTcpNoDelay(True)  # the request head and body are separate writes: no Nagle stall
         ex, self.pending = self.pending, None
         self.ctx.upstreams.all.add(self)
         if ex is None or ex.finished:
