@@ -23,13 +23,13 @@ from twisted.internet.interfaces import IHandshakeListener, IPushProducer
 from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
 from twisted.logger import Logger
 from twisted.protocols.basic import FileSender
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from revproxy import http1
 from revproxy.config import ProxyConfig
 from revproxy.http1 import CHUNKED, IDEMPOTENT, LAST_CHUNK, LENGTH, MAX_HEAD, NONE, UNTIL_CLOSE, HTTPError
 from revproxy.pool import Node, NodePool
+from revproxy.tls import DirectTLSFactory
 
 log = Logger(namespace="revproxy")
 
@@ -347,6 +347,7 @@ class Exchange:
         self.sent = 0
         self.finished = False
         self.last_failure = ""
+        self.out: list[bytes] = []  # response bytes from one read of the node, written to the client as one
 
     # -- request side ----------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -522,7 +523,7 @@ class Exchange:
             self.keep_alive = False
             parts.append(b"Connection: close\r\n")
         parts.append(b"\r\n")
-        conn.transport.write(b"".join(parts))
+        self.out += parts
         if streaming:
             up.set_deadline(None)  # /events: no read timeout; its own keep-alive events keep it honest
         if framing != NONE:
@@ -530,21 +531,29 @@ class Exchange:
         return True
 
     def upstream_body(self, pieces: list[bytes]) -> None:
-        write = self.conn.transport
+        out = self.out
         if self.to_client_chunked:
             for p in pieces:
-                write.writeSequence(http1.chunk(p))
+                out += http1.chunk(p)
                 self.sent += len(p)
         else:
             for p in pieces:
-                write.write(p)
+                out.append(p)
                 self.sent += len(p)
+
+    def flush(self) -> None:
+        """Write what one read from the node produced as one TLS write: head, body and last chunk share records,
+        with no per-write cost and no reactor round trip (Twisted's small-write aggregation) in between."""
+        out, self.out = self.out, []
+        if out and self.conn.transport is not None:
+            self.conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def upstream_end(self, up: UpstreamConnection, reusable: bool) -> None:
         self.upstream = None
         transport = self.conn.transport
         if self.to_client_chunked:
-            transport.write(LAST_CHUNK)
+            self.out.append(LAST_CHUNK)
+        self.flush()
         if transport.producer is not None:
             transport.unregisterProducer()
         if reusable and self.request_sent:
@@ -647,6 +656,7 @@ class Exchange:
         if self.finished:
             return
         self.finished = True
+        self.out = []  # a response cut off mid-way: nothing more goes to the client
         self.ctx.active -= 1
         if self.store is not None:
             self.store.close()
@@ -712,6 +722,11 @@ class UpstreamConnection(_Deadline, Protocol):
             self.tunnel.write(data)
             return
         ex = self.exchange
+        self.received(ex, data)
+        if ex is not None and ex.out:
+            ex.flush()
+
+    def received(self, ex: Exchange | None, data: bytes) -> None:
         if ex is None:  # bytes on an idle connection: the node broke framing; never reuse it
             self.transport.abortConnection()
             return
@@ -818,8 +833,7 @@ class _Connect(ClientFactory):
         self.protocol_instance: UpstreamConnection | None = None
         self.timer = ctx.reactor.callLater(timeout, self.timed_out)
         creator = ctx.creators.get(node.key)
-        wrapper = TLSMemoryBIOFactory(creator, True, self)
-        wrapper.noisy = False
+        wrapper = DirectTLSFactory(creator, True, self)
         self.connector = ctx.reactor.connectTCP(node.host, node.port, wrapper, timeout=timeout + 1)
 
     def buildProtocol(self, addr: Any) -> UpstreamConnection:

@@ -170,7 +170,7 @@ class RevproxyService(MultiService):
     def privilegedStartService(self) -> None:
         cfg = self.config
         reuse = cfg.workers > 1
-        factory = TLSMemoryBIOFactory(self.tls, False, ProxyFactory(self.ctx))
+        factory = tls.DirectTLSFactory(self.tls, False, ProxyFactory(self.ctx))
         self.ports.append(listen(self.reactor, cfg.https, factory, reuse))
         if cfg.http is not None:
             self.ports.append(listen(self.reactor, cfg.http, RedirectFactory(self.ctx), reuse))

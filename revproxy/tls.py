@@ -24,6 +24,7 @@ from cryptography.x509.oid import NameOID
 from OpenSSL import SSL, crypto
 from twisted.internet import ssl as tssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
+from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
 from zope.interface import implementer
 
 from revproxy.config import ConfigError
@@ -31,6 +32,14 @@ from revproxy.config import ConfigError
 # TLS 1.2 suites: ECDHE key exchange, AEAD only (TLS 1.3 suites are all AEAD with (EC)DHE already).
 TLS12_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!SHA1:!SHA256:!SHA384"
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.S)
+
+
+class DirectTLSFactory(TLSMemoryBIOFactory):
+    """TLS without Twisted's small-write aggregation (a callLater(0) per burst, ~10 % of the proxy's CPU): the
+    proxy already writes what one read produced as one write (`Exchange.flush`)."""
+
+    protocol = TLSMemoryBIOProtocol
+    noisy = False
 
 
 def read_bundle(path: str, config_path: str = "<config>") -> tuple[x509.Certificate, bytes, list[x509.Certificate]]:
