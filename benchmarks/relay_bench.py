@@ -344,6 +344,8 @@ class Bench:
         notes.append(f"max pps: uclient --max-pps, {self.timing.step_duration} s per rate step, loss <= "
                      f"{LOSS_LIMIT} %; CPU per packet over that whole search, packets relayed both ways")
         notes.append(f"RTT: {self.timing.fixed_duration} s at {FIXED_RATE} pps; relay ports {MIN_PORT}-{MAX_PORT}")
+        notes.append("RSS is user-space memory of the whole process tree (workers and supervisor each count); "
+                     "kernel socket buffers are in neither server's figure")
         return {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
                 "coturn": coturn_version(), "descriptions": self.descriptions, "notes": notes,
                 "peer_busiest_core_share": self.peer_busiest, "client_busiest_core_share": self.client_busiest,
