@@ -71,6 +71,18 @@ def raise_open_files_limit() -> int:
     return soft
 
 
+def worker_port_range(min_port: int, max_port: int, worker: int, workers: int) -> tuple[int, int]:
+    """This worker's contiguous share of the relay port range.
+
+    Workers bind their own relay sockets; sharing one range, each would keep trying ports another worker holds
+    (failed binds, and 508s once the range fills). Contiguous slices keep even/odd pairs for EVEN-PORT together.
+    """
+    size = (max_port - min_port + 1) // workers
+    low = min_port + worker * size
+    high = max_port if worker == workers - 1 else low + size - 1
+    return low, high
+
+
 def turn_settings(config: RelayConfig, relay_ip: str) -> TurnSettings:
     return TurnSettings(
         realm=config.realm,
@@ -94,7 +106,8 @@ class RelayService(Service):
     """Owns the core and its listening ports; reloads on SIGHUP; deletes every allocation on stop."""
 
     def __init__(self, config: RelayConfig, reactor, nonce_secret: bytes | None = None,
-                 inherited: list | None = None, quota: Quota | None = None, overrides: dict | None = None) -> None:
+                 inherited: list | None = None, quota: Quota | None = None, overrides: dict | None = None,
+                 worker: tuple[int, int] = (0, 1)) -> None:
         self.config = config
         self.reactor = reactor
         # [(udp socket, tcp socket)] per listen entry, bound by the worker supervisor; None: bind them here.
@@ -109,7 +122,7 @@ class RelayService(Service):
             credentials=CredentialStore(config.realm, config.users, config.userdb),
             nonces=NonceIssuer(nonce_secret, lifetime=config.nonce_lifetime),
             policy=peer_policy(config, self.relay_ip),
-            ports=PortPool(config.min_port, config.max_port),
+            ports=PortPool(*worker_port_range(config.min_port, config.max_port, *worker)),
             open_relay=relay_opener(reactor, bind_ip),
             clock=reactor.seconds,
             quota=quota or LocalQuota(),
@@ -128,7 +141,7 @@ class RelayService(Service):
         log.info(
             "relay ready: realm {realm}, relay address {relay_ip} (advertised {advertised}), ports {low}-{high}",
             realm=self.config.realm, relay_ip=self.relay_ip, advertised=self.config.external_ip or self.relay_ip,
-            low=self.config.min_port, high=self.config.max_port,
+            low=self.core.ports.min_port, high=self.core.ports.max_port,
         )
 
     def stopService(self):
@@ -175,12 +188,15 @@ def install_sighup(reactor: IReactorCore, reload) -> None:
 
 
 def makeService(config: RelayConfig, reactor=None, *, nonce_secret: bytes | None = None, inherited: list | None = None,
-                quota: Quota | None = None, overrides: dict | None = None) -> MultiService:
-    """One relay process. `inherited` sockets, `quota` and `nonce_secret` come from the worker supervisor."""
+                quota: Quota | None = None, overrides: dict | None = None,
+                worker: tuple[int, int] = (0, 1)) -> MultiService:
+    """One relay process. `inherited` sockets, `quota`, `nonce_secret` and `worker` (index, count) come from the
+    worker supervisor."""
     if reactor is None:
         from twisted.internet import reactor  # the global reactor only when none is given
     top = MultiService()
-    relay = RelayService(config, reactor, nonce_secret, inherited=inherited, quota=quota, overrides=overrides)
+    relay = RelayService(config, reactor, nonce_secret, inherited=inherited, quota=quota, overrides=overrides,
+                         worker=worker)
     relay.setServiceParent(top)
     sweep = TimerService(1.0, relay.core.expire)
     sweep.clock = reactor

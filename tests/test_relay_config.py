@@ -95,3 +95,12 @@ def test_command_line_options_override_the_file(tmp_path):
     assert config.listen == (("127.0.0.1", 5000),)
     assert config.allowed_peers == ("127.0.0.0/8",)
     assert config.users == {"bob": "pw"}
+
+
+def test_workers_get_disjoint_contiguous_slices_of_the_relay_port_range():
+    from relay.service import worker_port_range
+
+    slices = [worker_port_range(49152, 65535, i, 3) for i in range(3)]
+    assert slices[0][0] == 49152 and slices[-1][1] == 65535
+    assert all(slices[i][1] + 1 == slices[i + 1][0] for i in range(2))
+    assert worker_port_range(49152, 65535, 0, 1) == (49152, 65535)
