@@ -18,6 +18,11 @@ _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
 _BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 _BAD_TARGET = re.compile(rb"[\x00-\x20\x7f#]")
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
+# A response head's header block ("\r\nName: value" lines) checked whole: control characters, bare CR or LF, and
+# lines that are not `token ":"` (obs-fold, "Name : v", empty names) — one C-level search each instead of a loop.
+_BAD_BLOCK = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]|\r(?!\n)|(?<!\r)\n")
+_BAD_LINE = re.compile(rb"\r\n(?![!#$%&'*+\-.^_`|~0-9A-Za-z]+:)")
+_NAME = re.compile(rb"\r\n([^:]+):")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
@@ -35,10 +40,11 @@ class HTTPError(Exception):
 
 
 class Head:
-    """A parsed request or response head. `fields` keeps (lowercase name, name as sent, value) in order."""
+    """A parsed request or response head. A request's `fields` keeps (lowercase name, name as sent, value) in
+    order; a response keeps its header block as received (`block`, lowercase `names`) to be copied through."""
 
-    __slots__ = ("connection", "fields", "framing", "length", "method", "reason", "status", "target",
-                 "upgrade", "version")
+    __slots__ = ("block", "clean_length", "connection", "fields", "framing", "length", "lower", "method", "names",
+                 "reason", "status", "target", "upgrade", "version")
 
     def __init__(self) -> None:
         self.method = b""
@@ -51,6 +57,10 @@ class Head:
         self.length = 0
         self.connection: frozenset[bytes] = frozenset()  # tokens of the Connection header(s), lowercase
         self.upgrade = b""
+        self.block = b""  # response: b"\r\nName: value" per line, as the node sent them
+        self.names: list[bytes] = []  # response: lowercase field names, in order
+        self.lower = b""  # response: block.lower(), for finding fields
+        self.clean_length = False  # response: exactly one Content-Length line, digits only: forwarded as sent
 
     def get(self, lname: bytes) -> bytes | None:
         for ln, _, v in self.fields:
@@ -171,17 +181,33 @@ def origin_form(target: bytes, method: bytes) -> bytes:
 
 
 def parse_response(data: bytes, request_method: bytes) -> Head:
-    """A node's response head (without the final CRLF CRLF); a bad one is HTTPError(502)."""
-    lines = _split_head(data, 502)
-    m = _STATUS_LINE.match(lines[0])
+    """A node's response head (without the final CRLF CRLF); a bad one is HTTPError(502).
+
+    Only the fields that frame the message are looked at; the rest of the block is kept as sent."""
+    eol = data.find(b"\r\n")
+    status_line, block = (data, b"") if eol < 0 else (data[:eol], data[eol:])
+    m = _STATUS_LINE.match(status_line)
     if not m:
         raise HTTPError(502, "malformed status line from the node")
+    if _BAD_BLOCK.search(block):
+        raise HTTPError(502, "bare CR or LF or a control character in the head")
+    if _BAD_LINE.search(block):
+        raise HTTPError(502, "malformed header line")
     head = Head()
     head.version = b"1.1" if m.group(1) == b"1" else b"1.0"
-    head.status = int(m.group(2))
+    head.status = status = int(m.group(2))
     head.reason = m.group(3) or b""
-    lengths, encodings = _fields(lines[1:], head, 502)
-    status = head.status
+    head.block = block
+    head.lower = block.lower()
+    head.names = names = _NAME.findall(head.lower)
+    lengths = field_values(head, b"content-length") if b"content-length" in names else []
+    head.clean_length = len(lengths) == 1 and lengths[0].isdigit()
+    encodings = field_values(head, b"transfer-encoding") if b"transfer-encoding" in names else []
+    if b"connection" in names:
+        head.connection = frozenset(t.strip().lower() for v in field_values(head, b"connection")
+                                    for t in v.split(b","))
+    if b"upgrade" in names:
+        head.upgrade = field_values(head, b"upgrade")[-1]
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
         head.framing = NONE
     elif encodings:
@@ -195,6 +221,35 @@ def parse_response(data: bytes, request_method: bytes) -> Head:
     else:
         head.framing = UNTIL_CLOSE
     return head
+
+
+def field_values(head: Head, lname: bytes) -> list[bytes]:
+    """Values of the response field `lname` (lowercase), in order."""
+    block, lower = head.block, head.lower
+    key = b"\r\n" + lname + b":"
+    out = []
+    pos = lower.find(key)
+    while pos >= 0:
+        start = pos + len(key)
+        end = block.find(b"\r\n", start)
+        if end < 0:
+            end = len(block)
+        out.append(block[start:end].strip(b" \t"))
+        pos = lower.find(key, end)
+    return out
+
+
+def block_without(head: Head, drop: frozenset[bytes] | set[bytes]) -> bytes:
+    """The response's header block with the fields named in `drop` (lowercase) left out; copied whole when none
+    of them is there (the common case: no per-line work)."""
+    if drop.isdisjoint(head.names):
+        return head.block
+    lines = head.block.split(b"\r\n")
+    kept = [b""]
+    for line in lines[1:]:
+        if line[: line.index(b":")].lower() not in drop:
+            kept.append(line)
+    return b"\r\n".join(kept) if len(kept) > 1 else b""
 
 
 class BodyReader:

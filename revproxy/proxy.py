@@ -42,7 +42,6 @@ HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te"
                         b"transfer-encoding", b"upgrade", b"proxy-authenticate", b"proxy-authorization"})
 _REQUEST_DROP = HOP_BY_HOP | {b"content-length", b"expect", b"x-forwarded-for", b"x-forwarded-proto",
                               b"x-real-ip"}
-_RESPONSE_DROP = HOP_BY_HOP | {b"content-length"}
 _SECRET_QUERY = re.compile(r"([?&;](?:token|pin|code|state|data)=)[^&;#]*", re.I)
 _HOST = re.compile(rb"(?:[A-Za-z0-9.\-]+|\[[0-9A-Fa-f:.]+\])(?::[0-9]{1,5})?\Z")
 MEMORY_BODY = 64 * 1024  # request bodies beyond this are kept in a temporary file
@@ -500,30 +499,29 @@ class Exchange:
             return True
         self.response_started = True
         self.status = head.status
-        conn = self.conn
-        parts = [b"HTTP/1.1 %d " % head.status, head.reason, b"\r\n"]
-        named = head.connection
-        streaming = False
-        for lname, name, value in head.fields:
-            if lname in _RESPONSE_DROP or lname in named:
-                continue
-            if lname == b"content-type" and value.startswith(b"text/event-stream"):
-                streaming = True
-            parts += (name, b": ", value, b"\r\n")
-        framing = head.framing
-        if framing == LENGTH or (framing == NONE and head.get(b"content-length") is not None):
-            parts.append(b"Content-Length: %s\r\n" % (head.get(b"content-length") or b"0").split(b",")[0])
-        elif framing in (CHUNKED, UNTIL_CLOSE):
+        names, framing = head.names, head.framing
+        drop = HOP_BY_HOP | head.connection if head.connection else HOP_BY_HOP
+        extra = []
+        if b"content-length" in names and (framing in (CHUNKED, UNTIL_CLOSE) or not head.clean_length):
+            drop = drop | {b"content-length"}  # replaced by our chunked framing, or by its one valid value
+            if framing in (LENGTH, NONE):
+                extra.append(b"\r\nContent-Length: %s" % http1.field_values(head, b"content-length")[0]
+                             .split(b",")[0].strip())
+        streaming = b"content-type" in names and any(
+            v.startswith(b"text/event-stream") for v in http1.field_values(head, b"content-type"))
+        parts = [b"HTTP/1.1 %d " % head.status, head.reason, http1.block_without(head, drop), *extra]
+        if framing in (CHUNKED, UNTIL_CLOSE):
             if self.head.version == b"1.1":
                 self.to_client_chunked = True
-                parts.append(b"Transfer-Encoding: chunked\r\n")
+                parts.append(b"\r\nTransfer-Encoding: chunked")
             else:
                 self.keep_alive = False
         if not self.keep_alive or not self.request_done or self.ctx.draining:
             self.keep_alive = False
-            parts.append(b"Connection: close\r\n")
-        parts.append(b"\r\n")
+            parts.append(b"\r\nConnection: close")
+        parts.append(b"\r\n\r\n")
         self.out += parts
+        conn = self.conn
         if streaming:
             up.set_deadline(None)  # /events: no read timeout; its own keep-alive events keep it honest
         if framing != NONE:
@@ -597,11 +595,8 @@ class Exchange:
     def start_tunnel(self, up: UpstreamConnection, head: http1.Head) -> None:
         self.status = 101
         self.response_started = True
-        parts = [b"HTTP/1.1 101 ", head.reason, b"\r\n"]
-        for lname, name, value in head.fields:
-            if lname not in HOP_BY_HOP:
-                parts += (name, b": ", value, b"\r\n")
-        parts += (b"Connection: upgrade\r\nUpgrade: ", head.upgrade or self.head.upgrade, b"\r\n\r\n")
+        parts = [b"HTTP/1.1 101 ", head.reason, http1.block_without(head, HOP_BY_HOP),
+                 b"\r\nConnection: upgrade\r\nUpgrade: ", head.upgrade or self.head.upgrade, b"\r\n\r\n"]
         conn = self.conn
         conn.transport.write(b"".join(parts))
         up.set_deadline(None)

@@ -123,3 +123,18 @@ def test_chunked_round_trip_in_any_split(bodies, step):
         got += pieces
         assert rest == b""
     assert r.done and b"".join(got) == b"".join(bodies)
+
+
+def test_response_header_block_is_copied_through_without_the_dropped_fields():
+    head = http1.parse_response(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nConnection: keep-alive, X-Hop\r\nx-hop: v\r\n"
+                                b"Content-Length: 3", b"GET")
+    assert (head.framing, head.length, head.clean_length) == (LENGTH, 3, True)
+    assert http1.block_without(head, {b"x-b"}) == head.block  # nothing to drop: the block as sent
+    assert http1.block_without(head, {b"connection"} | head.connection) == b"\r\nX-A: 1\r\nContent-Length: 3"
+
+
+@pytest.mark.parametrize("line", [b" folded", b"Name : v", b": v", b"X-A: a\rb", b"X-A: a\nb", b"X-A: \x01"])
+def test_malformed_response_header_line_is_502(line):
+    with pytest.raises(HTTPError) as e:
+        http1.parse_response(b"HTTP/1.1 200 OK\r\nX-Ok: 1\r\n" + line, b"GET")
+    assert e.value.status == 502
