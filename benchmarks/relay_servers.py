@@ -38,18 +38,6 @@ class Server:
         return f"{self.host}:{self.port}"
 
 
-class _FixedRangeCoturn(Coturn):
-    """tests/coturn.py's Coturn with the relay port range the benchmark gives (it picks a random small one)."""
-
-    def __init__(self, min_port: int, max_port: int, **kwargs) -> None:
-        super().__init__(**kwargs)
-        self.fixed_range = (min_port, max_port)
-
-    def command(self) -> list[str]:
-        self.min_port, self.max_port = self.fixed_range
-        return super().command()
-
-
 def coturn_version() -> str:
     turnserver = shutil.which("turnserver") or "turnserver"
     result = subprocess.run([turnserver, "--version"], capture_output=True, text=True, timeout=10)
@@ -65,10 +53,7 @@ def _coturn_threads(log: str, pid: int) -> str:
 
 @contextlib.contextmanager
 def running_coturn(min_port: int, max_port: int) -> Iterator[Server]:
-    server = _FixedRangeCoturn(
-        min_port, max_port, username=USERNAME, password=PASSWORD, realm=REALM,
-        extra_args=("--allow-loopback-peers",),
-    )  # fmt: skip
+    server = Coturn(username=USERNAME, password=PASSWORD, realm=REALM, min_port=min_port, max_port=max_port)
     server.start()
     try:
         assert server.process is not None

@@ -3,7 +3,9 @@ turnserver on loopback (tests/coturn.py). The same tools run against our relay i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import re
 import signal
 import socket
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from relay.tools.load import RunResult, udp_socket_drops
+from relay.tools.uclient import CLIENT_DROPS, HELD, LOST, SHORT, Step, parse_args, search_max_pps
 from tests.coturn import Coturn, free_port, running_coturn
 
 pytestmark = pytest.mark.integration
@@ -186,12 +190,120 @@ def test_uclient_allocate_only_makes_and_times_allocations(coturn: Coturn, peer:
     assert result["allocations"] == 20 and result["allocation_seconds"] > 0 and result["sent"] == 0
 
 
-def test_uclient_max_pps_finds_a_positive_rate(coturn: Coturn, peer: Peer) -> None:
+def test_uclient_max_pps_reports_the_best_held_steps_figures(coturn: Coturn, peer: Peer) -> None:
     result = uclient_json(coturn, peer, "--max-pps", "--clients", "2", "--start-rate", "2000",
                           "--step-duration", "0.2", "--refine", "1", "--max-time", "5")
-    assert result["max_pps"] >= 2000
+    assert result["max_pps"] >= 0.95 * 2000
     assert result["steps"] and result["steps"][0]["rate"] == 2000
-    assert result["sent"] == sum(step["sent"] for step in result["steps"])
+    held = [step for step in result["steps"] if step["verdict"] in (HELD, SHORT)]
+    best = max(held, key=lambda step: step["offered_pps"])
+    assert result["max_pps"] == result["offered_pps"] == best["offered_pps"]
+    assert result["best_rate"] == best["rate"]
+    assert (result["sent"], result["received"], result["achieved_pps"]) == \
+        (best["sent"], best["received"], best["achieved_pps"])
+    assert result["offered_pps"] <= 1.05 * best["rate"]  # a rate the search asked for, not a sum over steps
+    assert result["search_sent"] == sum(step["sent"] for step in result["steps"])
+    assert result["search_received"] == sum(step["received"] for step in result["steps"])
+    assert all(step["client_drops"] is not None for step in result["steps"])  # UDP on Linux: counted
+
+
+# -- the --max-pps search, on scripted steps: a "server" that holds up to a rate, with bursts of loss ------------
+
+
+def scripted_server(limit: float, bursts: dict[int, float] | None = None, client_ceiling: float = 1e9,
+                    client_drops: bool = False):
+    """A step runner: loses 5 % above `limit`; step numbers in `bursts` lose that share whatever the rate; the
+    client offers at most `client_ceiling`. With `client_drops` the loss is in the client's own sockets."""
+    bursts = bursts or {}
+
+    def run_step(rate: float, number: int) -> RunResult:
+        offered = min(rate, client_ceiling)
+        sent = int(offered)  # one second's worth
+        loss = bursts.get(number, 0.05 if offered > limit else 0.0)
+        received = sent - int(sent * loss)
+        return RunResult(sent=sent, received=received, send_seconds=1.0, seconds=1.0,
+                         client_drops=sent - received if client_drops else 0)
+
+    return run_step
+
+
+def search_args(*extra: str):
+    return parse_args(["127.0.0.1", "-u", "u", "-w", "p", "--max-pps", "--start-rate", "1000",
+                       "--step-factor", "2", "--refine", "3", *extra])
+
+
+def test_max_pps_search_retries_a_step_lost_to_a_burst_and_goes_on() -> None:
+    search = search_max_pps(scripted_server(50_000, bursts={2: 0.3}), search_args())
+    second, retry = search.steps[1], search.steps[2]
+    assert (second.rate, second.attempt, second.verdict(0.1)) == (2000, 1, LOST)
+    assert (retry.rate, retry.attempt, retry.verdict(0.1)) == (2000, 2, HELD)
+    assert 40_000 <= search.max_pps <= 50_000 and not search.client_limited
+
+
+def test_max_pps_search_without_retries_ends_low_on_a_burst() -> None:
+    search = search_max_pps(scripted_server(50_000, bursts={2: 0.3}), search_args("--retries", "0"))
+    assert search.max_pps < 2000
+    assert all(step.attempt == 1 for step in search.steps)
+
+
+def test_max_pps_search_counts_a_step_lost_twice_as_lost() -> None:
+    search = search_max_pps(scripted_server(50_000, bursts={2: 0.3, 3: 0.3}), search_args())
+    assert [(s.rate, s.attempt) for s in search.steps[:3]] == [(1000, 1), (2000, 1), (2000, 2)]
+    assert search.max_pps < 2000
+
+
+def test_max_pps_search_credits_what_a_short_client_offered_and_says_client_limited() -> None:
+    search = search_max_pps(scripted_server(1e9, client_ceiling=30_000), search_args())
+    assert search.max_pps == 30_000 and search.client_limited
+    assert search.best is not None and search.best.verdict(0.1) == SHORT
+
+
+def test_max_pps_search_server_loss_is_not_client_limited_even_when_short() -> None:
+    search = search_max_pps(scripted_server(20_000, client_ceiling=30_000), search_args())
+    assert 16_000 <= search.max_pps <= 20_000 and not search.client_limited
+
+
+def test_max_pps_search_loss_in_the_clients_own_sockets_is_client_limited() -> None:
+    search = search_max_pps(scripted_server(20_000, client_drops=True), search_args())
+    assert search.client_limited
+    assert CLIENT_DROPS in {step.verdict(0.1) for step in search.steps}
+
+
+def test_step_verdicts() -> None:
+    def step(sent: int, received: int, seconds: float = 1.0, drops: int | None = 0) -> Step:
+        return Step(1000, RunResult(sent=sent, received=received, send_seconds=seconds, client_drops=drops))
+
+    assert step(1000, 1000).verdict(0.1) == HELD
+    assert step(1000, 999).verdict(0.1) == HELD  # 0.1 % is allowed
+    assert step(900, 900).verdict(0.1) == SHORT  # 900 pps offered of 1000
+    assert step(1000, 900).verdict(0.1) == LOST
+    assert step(1000, 900, drops=100).verdict(0.1) == CLIENT_DROPS
+    assert step(1000, 900, drops=None).verdict(0.1) == LOST
+    assert step(0, 0).verdict(0.1) == LOST
+
+
+def test_udp_socket_drops_counts_datagrams_a_full_socket_dropped() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, \
+            socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        receiver.bind(("127.0.0.1", 0))
+        inode = os.fstat(receiver.fileno()).st_ino
+        assert udp_socket_drops({inode}) == 0
+        for _ in range(200):
+            sender.sendto(bytes(100), receiver.getsockname())
+        dropped = udp_socket_drops({inode})
+        queued = 0
+        receiver.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            while receiver.recv(200):
+                queued += 1
+    assert dropped is not None and dropped > 0 and queued + dropped == 200
+    assert udp_socket_drops({inode + 10**9}) == 0  # not ours: not counted
+
+
+def test_uclient_rejects_negative_retries() -> None:
+    done = run(UCLIENT, "127.0.0.1:3478", "-u", "u", "-w", "p", "--max-pps", "--retries", "-1")
+    assert done.returncode == 2 and "--retries" in done.stderr
 
 
 def test_uclient_rejects_too_small_payload() -> None:

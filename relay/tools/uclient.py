@@ -4,7 +4,8 @@ N clients each allocate, create a permission (`--indications`) or bind a channel
 then send M messages of BYTES at an overall RATE to the echo peer through the relay and read the echoes.
 Reports allocations made and their time, sent, received, loss, RTT p50/p99/max, achieved pps and errors by STUN
 code; `--json` prints one JSON object instead. `--max-pps` steps the offered rate up until the loss exceeds
-`--threshold` and reports the highest rate held. `--processes` spreads the clients over processes.
+`--threshold` and reports the highest rate held (the offered rate of the best step at <= threshold loss; the
+figures printed are that step's). `--processes` spreads the clients over processes.
 
 Exit status: 0 when every allocation was made (and, with --max-pps, a rate was held), 1 otherwise, 2 on a usage
 error.
@@ -64,9 +65,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="measure the client alone: HOST:PORT is a plain UDP echo (rpturn-peer), no TURN set-up")
     p.add_argument("--json", action="store_true", help="print one JSON result instead of the report")
     p.add_argument("--quiet", action="store_true", help="no progress line")
-    search = p.add_argument_group("--max-pps search")
+    search = p.add_argument_group(
+        "--max-pps search",
+        "Steps the rate up until a step loses more than --threshold, then bisects. max_pps is the offered rate "
+        "(packets sent / sending time) of the best step held; sent, received, loss, RTT, offered_pps and "
+        "achieved_pps are that step's figures, search_sent and search_received count every step. A failed step "
+        "is retried --retries times before it counts. client_limited: the search ended on the client's side (it "
+        "could not offer the rate, or the loss was in its own socket buffers), not the server's.")
     search.add_argument("--max-pps", action="store_true",
-                        help="step the rate up until loss exceeds --threshold; report the highest rate held")
+                        help="search for the highest rate held at <= --threshold loss (see above)")
     search.add_argument("--threshold", type=non_negative_float, default=0.1, help="loss %% allowed (default 0.1)")
     search.add_argument("--start-rate", type=positive_int, default=1000, help="first rate step, pps (default 1000)")
     search.add_argument("--step-factor", type=float, default=1.5,
@@ -75,6 +82,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="seconds of sending per step (default 1)")
     search.add_argument("--refine", type=int, default=3,
                         help="bisection steps between the last rate held and the first lost (default 3)")
+    search.add_argument("--retries", type=int, default=1,
+                        help="runs again of a failed step before it counts as failed (default 1)")
     search.add_argument("--max-time", type=non_negative_float, default=60.0,
                         help="stop searching after this many seconds (default 60)")
     args = p.parse_args(argv)
@@ -82,6 +91,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         p.error(f"--size must be between {MIN_SIZE} (the send timestamp) and 65000")
     if args.messages < 0:
         p.error("--messages must not be negative")
+    if args.retries < 0:
+        p.error("--retries must not be negative")
     if args.step_factor <= 1.0:
         p.error("--step-factor must be more than 1")
     if args.processes == "auto":
@@ -206,15 +217,42 @@ class Pool:
 # -- figures ----------------------------------------------------------------------------------------------------
 
 
+SHORT_OFFER = 0.95  # a step whose client sent less than this share of its rate did not offer that rate
+
+# Step verdicts of the --max-pps search.
+HELD = "held"  # loss <= threshold at the rate asked for
+SHORT = "short"  # loss <= threshold, but the client could not offer the rate: what it did offer counts as held
+CLIENT_DROPS = "client-drops"  # loss over the threshold, but all but the threshold lost in the client's own sockets
+LOST = "lost"  # loss over the threshold that the client's own drops do not explain: the server's (or peer's) limit
+
+
 @dataclass
 class Step:
     rate: float
     result: RunResult
+    attempt: int = 1  # 2 = the first retry of this rate
 
     @property
     def loss_percent(self) -> float:
         r = self.result
         return 100.0 * (r.sent - r.received) / r.sent if r.sent else 0.0
+
+    @property
+    def offered_pps(self) -> float:
+        r = self.result
+        return r.sent / r.send_seconds if r.send_seconds else 0.0
+
+    def verdict(self, threshold: float) -> str:
+        r = self.result
+        if r.sent and self.loss_percent <= threshold:
+            return HELD if self.offered_pps >= SHORT_OFFER * self.rate else SHORT
+        if r.sent and r.client_drops and 100.0 * (r.sent - r.received - r.client_drops) / r.sent <= threshold:
+            return CLIENT_DROPS
+        return LOST
+
+    def record(self, threshold: float) -> dict[str, Any]:
+        return {"rate": self.rate, "attempt": self.attempt, "verdict": self.verdict(threshold),
+                **run_figures(self.result)}
 
 
 def merge_setup(results: list[SetupResult]) -> SetupResult:
@@ -237,6 +275,8 @@ def merge_runs(results: list[RunResult]) -> RunResult:
         merged.seconds = max(merged.seconds, r.seconds)
         merged.rtt_ns.extend(r.rtt_ns)
         merged.errors.update(r.errors)
+    known = [r.client_drops for r in results]
+    merged.client_drops = sum(known) if known and None not in known else None  # type: ignore[arg-type]
     return merged
 
 
@@ -258,30 +298,51 @@ def run_figures(run: RunResult) -> dict[str, Any]:
         "offered_pps": run.sent / run.send_seconds if run.send_seconds else 0.0,
         "achieved_pps": run.received / run.send_seconds if run.send_seconds else 0.0,
         "seconds": run.seconds,
+        "client_drops": run.client_drops,
     }
 
 
-def search_max_pps(pool: Pool, args: argparse.Namespace) -> tuple[float, list[Step], bool]:
-    """Offer rising rates (x --step-factor) until a step loses more than the threshold, then bisect between the
-    last rate held and the lowest lost for --refine steps. A step the client could not even offer (< 95 % of the
-    rate sent) counts as lost; `client_limited` says the lowest lost rate was such a step, so the figure is the
-    client's ceiling, not the server's. Returns (rate held, steps, client_limited)."""
+@dataclass
+class Search:
+    """What a --max-pps search found: `best` is the step with the highest offered rate at <= threshold loss."""
+
+    steps: list[Step]
+    best: Step | None
+    client_limited: bool
+
+    @property
+    def max_pps(self) -> float:
+        return self.best.offered_pps if self.best is not None else 0.0
+
+
+def search_max_pps(run_step: Callable[[float, int], RunResult], args: argparse.Namespace) -> Search:
+    """Offer rising rates (x --step-factor) until a step fails, then bisect between the highest rate held and the
+    lowest failed for --refine steps. A failed step is run again up to --retries times (the run drains the last
+    one's backlog first) before it counts as failed, so one burst of loss from another process does not end the
+    search low. A step that lost <= threshold is held; if the client could not offer its rate (SHORT) what it did
+    offer still counts as held. `client_limited`: the lowest failed rate failed on the client's side (SHORT, or
+    lost in the client's own socket buffers), so the figure is the client's ceiling, not the server's.
+    `run_step(rate, step_number)` sends one step (Pool.run in the tool)."""
     steps: list[Step] = []
-    held, lost = 0.0, None
+    held, lost = 0.0, None  # highest rate held and lowest rate failed (rates asked for, for the bisection)
     client_limited = False
+    best: Step | None = None
     rate = float(args.start_rate)
     refining = 0
     deadline = time.monotonic() + args.max_time
     while time.monotonic() < deadline:
-        run = pool.run(rate, None, args.step_duration, len(steps) + 1, linger=0.25)
-        step = Step(rate, run)
-        steps.append(step)
-        offered = run.sent / run.send_seconds if run.send_seconds else 0.0
-        short = offered < 0.95 * rate
-        if step.loss_percent <= args.threshold and not short:
+        for attempt in range(1, args.retries + 2):
+            step = Step(rate, run_step(rate, len(steps) + 1), attempt)
+            steps.append(step)
+            verdict = step.verdict(args.threshold)
+            if verdict in (HELD, SHORT) and (best is None or step.offered_pps > best.offered_pps):
+                best = step
+            if verdict == HELD or time.monotonic() >= deadline:
+                break
+        if verdict == HELD:
             held = max(held, rate)
         elif lost is None or rate < lost:
-            lost, client_limited = rate, short
+            lost, client_limited = rate, verdict != LOST
         if lost is None:
             rate *= args.step_factor
         else:
@@ -290,7 +351,7 @@ def search_max_pps(pool: Pool, args: argparse.Namespace) -> tuple[float, list[St
             refining += 1
             rate = (held + lost) / 2 if held else lost / args.step_factor
         rate = float(round(rate))
-    return held, steps, client_limited
+    return Search(steps, best, client_limited)
 
 
 # -- output -------------------------------------------------------------------------------------------------------
@@ -315,8 +376,11 @@ def report_text(result: dict[str, Any]) -> str:
         lines.append(f"max pps at <= {result['threshold_percent']:g} % loss: {result['max_pps']:.0f}"
                      + ("  (client-limited: the client could not offer more)" if result["client_limited"] else ""))
         for step in result["steps"]:
-            lines.append(f"  step {step['rate']:>9.0f} pps: sent {step['sent']} received {step['received']} "
-                         f"loss {step['loss_percent']:.3f} % p50 {_ms(step['rtt_ms']['p50'])}")
+            lines.append(f"  step {step['rate']:>9.0f} pps{' (retry)' if step['attempt'] > 1 else '        '}: "
+                         f"{step['verdict']:12} offered {step['offered_pps']:.0f} pps sent {step['sent']} "
+                         f"received {step['received']} loss {step['loss_percent']:.3f} % "
+                         f"p50 {_ms(step['rtt_ms']['p50'])}")
+        lines.append("best step held:" if result["steps"] else "no step:")
     lines += [
         f"sent: {result['sent']}  received: {result['received']}  loss: {result['loss_percent']:.3f} %",
         f"rtt: p50 {_ms(result['rtt_ms']['p50'])}  p99 {_ms(result['rtt_ms']['p99'])}  "
@@ -353,19 +417,28 @@ def main(argv: list[str] | None = None) -> None:
         run = RunResult()
         ok = setup.ready == args.clients and (args.raw_echo or setup.allocations == args.clients)
         if ok and args.max_pps:
-            held, steps, client_limited = search_max_pps(pool, args)
-            run = merge_runs([s.result for s in steps])
-            result.update(max_pps=held, threshold_percent=args.threshold, client_limited=client_limited,
-                          steps=[{"rate": s.rate, **run_figures(s.result)} for s in steps])
-            ok = held > 0
+            search = search_max_pps(
+                lambda rate, number: pool.run(rate, None, args.step_duration, number, linger=0.25), args)
+            run = search.best.result if search.best is not None else RunResult()
+            result.update(max_pps=search.max_pps, threshold_percent=args.threshold,
+                          client_limited=search.client_limited, best_rate=search.best and search.best.rate,
+                          search_sent=sum(s.result.sent for s in search.steps),
+                          search_received=sum(s.result.received for s in search.steps),
+                          retries=sum(1 for s in search.steps if s.attempt > 1),
+                          steps=[s.record(args.threshold) for s in search.steps])
+            for step in search.steps:
+                errors.update(step.result.errors)
+            ok = search.max_pps > 0
+            result.update(run_figures(run))
         elif ok and traffic:
             messages = None if args.duration is not None else args.messages
             run = pool.run(args.rate, messages, args.duration, 0, args.linger)
         elif ok and args.duration:
             for held_errors in pool.call("hold", args.duration):
                 errors.update(held_errors)
-        errors.update(run.errors)
-        result.update(run_figures(run))
+        if not args.max_pps:
+            errors.update(run.errors)
+            result.update(run_figures(run))
         result["errors"] = dict(errors)
     finally:
         pool.close()
