@@ -262,10 +262,12 @@ class Engine:
         step: int = 0,
         start_at: float | None = None,
         linger: float = 1.0,
+        quiet: float | None = None,
         progress: Callable[[int, int], None] | None = None,
     ) -> RunResult:
         """Send `messages` per client (or for `duration` seconds) at `rate` pps in all, then wait up to `linger`
-        seconds for the last echoes. `start_at` (time.monotonic) lines processes up."""
+        seconds for the last echoes, or (`quiet`) until none came for that long: a lost step of the max-pps search
+        then costs no more waiting than its queues take to drain. `start_at` (time.monotonic) lines processes up."""
         result = RunResult()
         ready = [s for s in self.sessions if s.ready and s.template is not None]
         if not ready:
@@ -329,8 +331,14 @@ class Engine:
         result.sent = sent
         result.send_seconds = perf() - started
         linger_end = perf() + linger
+        last_arrival = perf()
         while result.received < sent and (now := perf()) < linger_end:
+            if quiet is not None and now - last_arrival >= quiet:
+                break
+            before = result.received + result.late
             self._receive(select(min(0.05, linger_end - now)), result, step)
+            if result.received + result.late != before:
+                last_arrival = perf()
         result.seconds = perf() - started
         drops_after = self.socket_drops()
         if drops_before is not None and drops_after is not None:

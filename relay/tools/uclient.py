@@ -119,7 +119,8 @@ class LocalWorker:
 
     def call(self, command: str, *args: Any, progress: Callable[[int, int], None] | None = None) -> Any:
         if command == "run":
-            return self.engine.run(*args[:3], step=args[3], start_at=args[4], linger=args[5], progress=progress)
+            return self.engine.run(*args[:3], step=args[3], start_at=args[4], linger=args[5], quiet=args[6],
+                                   progress=progress)
         return getattr(self.engine, command)(*args)
 
 
@@ -133,7 +134,8 @@ def _worker_main(conn: multiprocessing.connection.Connection, options: LoadOptio
     while True:
         command, args = conn.recv()
         if command == "run":
-            conn.send(engine.run(*args[:3], step=args[3], start_at=args[4], linger=args[5], progress=progress))
+            conn.send(engine.run(*args[:3], step=args[3], start_at=args[4], linger=args[5], quiet=args[6],
+                                 progress=progress))
         elif command == "close":
             engine.close()
             conn.send(None)
@@ -198,11 +200,12 @@ class Pool:
                 self._progress(sum(counts[0::2]), sum(counts[1::2]))
         return [results[i] for i in range(len(self.conns))]
 
-    def run(self, rate: float, messages: int | None, duration: float | None, step: int, linger: float) -> RunResult:
+    def run(self, rate: float, messages: int | None, duration: float | None, step: int, linger: float,
+            quiet: float | None = None) -> RunResult:
         """Every worker sends its clients' part of `rate`, all starting at the same moment; merged result."""
         total = sum(self.shares)
         start_at = time.monotonic() + 0.05
-        args = [(rate * share / total, messages, duration, step, start_at, linger) for share in self.shares]
+        args = [(rate * share / total, messages, duration, step, start_at, linger, quiet) for share in self.shares]
         return merge_runs(self.call_each("run", args))
 
     def close(self) -> None:
@@ -418,7 +421,7 @@ def main(argv: list[str] | None = None) -> None:
         ok = setup.ready == args.clients and (args.raw_echo or setup.allocations == args.clients)
         if ok and args.max_pps:
             search = search_max_pps(
-                lambda rate, number: pool.run(rate, None, args.step_duration, number, linger=0.25), args)
+                lambda rate, number: pool.run(rate, None, args.step_duration, number, linger=0.25, quiet=0.1), args)
             run = search.best.result if search.best is not None else RunResult()
             result.update(max_pps=search.max_pps, threshold_percent=args.threshold,
                           client_limited=search.client_limited, best_rate=search.best and search.best.rate,
