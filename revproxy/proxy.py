@@ -29,7 +29,7 @@ from revproxy import http1
 from revproxy.config import ProxyConfig
 from revproxy.http1 import CHUNKED, IDEMPOTENT, LAST_CHUNK, LENGTH, MAX_HEAD, NONE, UNTIL_CLOSE, HTTPError
 from revproxy.pool import Node, NodePool
-from revproxy.tls import DirectTLSFactory
+from revproxy.stdtls import TLSFactory
 
 log = Logger(namespace="revproxy")
 
@@ -828,7 +828,7 @@ class _Connect(ClientFactory):
         self.protocol_instance: UpstreamConnection | None = None
         self.timer = ctx.reactor.callLater(timeout, self.timed_out)
         creator = ctx.creators.get(node.key)
-        wrapper = DirectTLSFactory(creator, True, self)
+        wrapper = TLSFactory(creator, self)
         self.connector = ctx.reactor.connectTCP(node.host, node.port, wrapper, timeout=timeout + 1)
 
     def buildProtocol(self, addr: Any) -> UpstreamConnection:

@@ -21,13 +21,13 @@ from twisted.application.service import MultiService
 from twisted.internet import defer
 from twisted.internet.protocol import ClientFactory, ProcessProtocol, Protocol
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 
 from revproxy import config as configmod
 from revproxy import tls
 from revproxy.config import ConfigError, Listen, ProxyConfig
 from revproxy.pool import Node, NodePool
 from revproxy.proxy import ProxyContext, ProxyFactory, RedirectFactory
+from revproxy.stdtls import TLSFactory
 
 log = Logger(namespace="revproxy")
 
@@ -170,7 +170,7 @@ class RevproxyService(MultiService):
     def privilegedStartService(self) -> None:
         cfg = self.config
         reuse = cfg.workers > 1
-        factory = tls.DirectTLSFactory(self.tls, False, ProxyFactory(self.ctx))
+        factory = TLSFactory(self.tls, ProxyFactory(self.ctx))
         self.ports.append(listen(self.reactor, cfg.https, factory, reuse))
         if cfg.http is not None:
             self.ports.append(listen(self.reactor, cfg.http, RedirectFactory(self.ctx), reuse))
@@ -226,8 +226,7 @@ class RevproxyService(MultiService):
         cfg = self.config
         for node in list(self.ctx.pool.nodes):
             factory = _ProbeFactory(self, node, cfg.health_check)
-            wrapped = TLSMemoryBIOFactory(self.ctx.creators[node.key], True, factory)
-            wrapped.noisy = False
+            wrapped = TLSFactory(self.ctx.creators[node.key], factory)
             self.reactor.connectTCP(node.host, node.port, wrapped, timeout=cfg.connect_timeout)
 
     def health_result(self, node: Node, healthy: bool) -> None:

@@ -1,12 +1,12 @@
 """TLS for both sides of the proxy.
 
 Server side: one PEM bundle (server certificate, unencrypted private key, intermediates — in that order) checked
-and turned into a pyOpenSSL context that sends the full chain; TLS 1.2/1.3 only, ECDHE with AEAD ciphers, session
-cache and tickets on. `ServerTLS` hands that context to every new connection and can swap it (SIGHUP) without
-touching established ones. When no certificate is configured a self-signed one is generated once and kept.
+and turned into a stdlib `ssl` context that sends the full chain; TLS 1.2/1.3 only, ECDHE with AEAD ciphers,
+session cache and tickets on. `ServerTLS` hands that context to every new connection and can swap it (SIGHUP)
+without touching established ones. When no certificate is configured a self-signed one is generated once and kept.
 
-Upstream side: a client connection creator with SNI (for nodes configured by name) and optional verification
-against the system store or a CA file.
+Upstream side: a client context with SNI (for nodes configured by name) and optional verification
+against the system store or a CA file. `revproxy.stdtls` runs the connections of both sides.
 """
 
 from __future__ import annotations
@@ -16,30 +16,18 @@ import datetime
 import ipaddress
 import os
 import re
+import ssl
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from OpenSSL import SSL, crypto
-from twisted.internet import ssl as tssl
-from twisted.internet.interfaces import IOpenSSLClientConnectionCreator, IOpenSSLServerConnectionCreator
-from twisted.protocols.tls import TLSMemoryBIOFactory, TLSMemoryBIOProtocol
-from zope.interface import implementer
 
 from revproxy.config import ConfigError
 
 # TLS 1.2 suites: ECDHE key exchange, AEAD only (TLS 1.3 suites are all AEAD with (EC)DHE already).
-TLS12_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!SHA1:!SHA256:!SHA384"
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!SHA1:!SHA256:!SHA384"
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.S)
-
-
-class DirectTLSFactory(TLSMemoryBIOFactory):
-    """TLS without Twisted's small-write aggregation (a callLater(0) per burst, ~10 % of the proxy's CPU): the
-    proxy already writes what one read produced as one write (`Exchange.flush`)."""
-
-    protocol = TLSMemoryBIOProtocol
-    noisy = False
 
 
 def read_bundle(path: str, config_path: str = "<config>") -> tuple[x509.Certificate, bytes, list[x509.Certificate]]:
@@ -83,30 +71,25 @@ def read_bundle(path: str, config_path: str = "<config>") -> tuple[x509.Certific
     return leaf, blocks[1][1], chain
 
 
-def server_context(path: str, config_path: str = "<config>") -> SSL.Context:
-    leaf, key_pem, chain = read_bundle(path, config_path)
-    ctx = SSL.Context(SSL.TLS_METHOD)
-    ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-    ctx.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION)
-    ctx.set_cipher_list(TLS12_CIPHERS)
-    # Idle connections give their read/write buffers back: matters with 10 000 open /events streams.
-    ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
-    ctx.use_certificate(crypto.X509.from_cryptography(leaf))
-    for c in chain:
-        ctx.add_extra_chain_cert(crypto.X509.from_cryptography(c))
-    ctx.use_privatekey(crypto.load_privatekey(crypto.FILETYPE_PEM, key_pem))
-    ctx.check_privatekey()
-    ctx.set_session_id(b"rpturn-revproxy")  # session cache; tickets are on by OpenSSL default
-    ctx.set_session_cache_mode(SSL.SESS_CACHE_SERVER)
-    ctx.set_alpn_select_callback(_select_http11)
+def server_context(path: str, config_path: str = "<config>") -> ssl.SSLContext:
+    """The bundle is checked first (order, key match, no encryption) for one clear message; OpenSSL then reads
+    it itself: the first certificate is the leaf, the key block is skipped, every later certificate is sent as the
+    chain in file order."""
+    read_bundle(path, config_path)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE | ssl.OP_NO_RENEGOTIATION
+    ctx.set_ciphers(TLS12_CIPHERS)
+    try:
+        ctx.load_cert_chain(path)
+    except (ssl.SSLError, OSError) as e:
+        raise ConfigError(config_path, "certificate", f"{path}: OpenSSL refused it: {e}") from None
+    # The stdlib context already has the server session cache (id context set) and TLS 1.2/1.3 tickets on, and
+    # SSL_MODE_RELEASE_BUFFERS: idle connections give their record buffers back (10 000 open /events streams).
+    ctx.set_alpn_protocols(["http/1.1"])
     return ctx
 
 
-def _select_http11(conn: SSL.Connection, protocols: list[bytes]) -> bytes:
-    return b"http/1.1" if b"http/1.1" in protocols else SSL.NO_OVERLAPPING_PROTOCOLS
-
-
-@implementer(IOpenSSLServerConnectionCreator)
 class ServerTLS:
     """Gives each new connection the current context; `reload` swaps it, open connections keep theirs."""
 
@@ -119,8 +102,8 @@ class ServerTLS:
         self.context = server_context(path, config_path)
         self.path = path
 
-    def serverConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        return SSL.Connection(self.context, None)
+    def wrap(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> ssl.SSLObject:
+        return self.context.wrap_bio(incoming, outgoing, server_side=True)
 
 
 def ensure_self_signed(path: str, hostname: str) -> str:
@@ -158,35 +141,28 @@ def ensure_self_signed(path: str, hostname: str) -> str:
     return path
 
 
-@implementer(IOpenSSLClientConnectionCreator)
-class _InsecureClientTLS:
-    """verify_nodes = false: encrypt to the node, send SNI when it has a name, do not check its certificate."""
+class ClientTLS:
+    """The TLS client side towards one node: SNI when it has a name, the context shared by its connections."""
 
-    def __init__(self, server_name: str | None) -> None:
-        ctx = SSL.Context(SSL.TLS_METHOD)
-        ctx.set_min_proto_version(SSL.TLS1_2_VERSION)
-        ctx.set_mode(SSL.MODE_RELEASE_BUFFERS)
-        ctx.set_verify(SSL.VERIFY_NONE, lambda *a: True)
-        self.ctx = ctx
-        self.sni = server_name.encode("idna") if server_name else None
+    def __init__(self, context: ssl.SSLContext, server_hostname: str | None) -> None:
+        self.context = context
+        self.server_hostname = server_hostname
 
-    def clientConnectionForTLS(self, tlsProtocol: object) -> SSL.Connection:
-        conn = SSL.Connection(self.ctx, None)
-        if self.sni:
-            conn.set_tlsext_host_name(self.sni)
-        conn.set_connect_state()
-        return conn
+    def wrap(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> ssl.SSLObject:
+        return self.context.wrap_bio(incoming, outgoing, server_side=False, server_hostname=self.server_hostname)
 
 
-def client_creator(host: str, server_name: str | None, verify: bool, ca_file: str = "") -> object:
-    """The connection creator for one node: `server_name` (DNS name) or else `host` (IP) is what gets verified."""
+def client_creator(host: str, server_name: str | None, verify: bool, ca_file: str = "") -> ClientTLS:
+    """The creator for one node: `server_name` (DNS name) or else `host` (IP) is what gets verified; SNI is sent
+    for a name only (the stdlib sends none for an IP address)."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if not verify:
-        return _InsecureClientTLS(server_name)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        return ClientTLS(ctx, server_name)
     if ca_file:
-        with open(ca_file, "rb") as f:
-            pems = [m.group(0) for m in _PEM_BLOCK.finditer(f.read())]
-        trust = tssl.trustRootFromCertificates([tssl.Certificate.loadPEM(p) for p in pems])
+        ctx.load_verify_locations(cafile=ca_file)
     else:
-        trust = tssl.platformTrust()
-    return tssl.optionsForClientTLS(server_name or host, trustRoot=trust,
-                                    extraCertificateOptions={"raiseMinimumTo": tssl.TLSVersion.TLSv1_2})
+        ctx.load_default_certs()
+    return ClientTLS(ctx, server_name or host)
