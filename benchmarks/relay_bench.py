@@ -85,7 +85,7 @@ class Timing:
     hold_seconds: float  # how long the idle allocations are held once made
 
 
-FULL = Timing(step_duration=0.3, first_start_rate=4000, refine=2, fixed_duration=1.0, allocation_count=1000,
+FULL = Timing(step_duration=0.25, first_start_rate=4000, refine=2, fixed_duration=1.0, allocation_count=1000,
               hold_seconds=1.5)
 QUICK = Timing(step_duration=0.2, first_start_rate=4000, refine=1, fixed_duration=0.5, allocation_count=50,
                hold_seconds=0.5)
