@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import procstat
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
 TWISTD = str(Path(PYTHON).parent / "twistd")
@@ -103,36 +105,13 @@ def make_workdir() -> Path:
 
 
 # -- process trees ------------------------------------------------------------------------------------------------
-def process_tree(pid: int) -> list[int]:
-    """`pid` and its live descendants (through /proc/<pid>/task/*/children)."""
-    pids, i = [pid], 0
-    while i < len(pids):
-        try:
-            for tid in os.listdir(f"/proc/{pids[i]}/task"):
-                try:
-                    with open(f"/proc/{pids[i]}/task/{tid}/children") as f:
-                        pids += [int(c) for c in f.read().split()]
-                except OSError:
-                    continue
-        except OSError:
-            pass
-        i += 1
-    return pids
-
-
 def tree_usage(pid: int) -> tuple[float, int]:
-    """(CPU seconds user + system, RSS bytes) summed over `pid`'s process tree."""
-    cpu, rss = 0.0, 0
-    for member in process_tree(pid):
-        try:
-            with open(f"/proc/{member}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{member}/status") as f:
-                rss += next((int(ln.split()[1]) * 1024 for ln in f if ln.startswith("VmRSS:")), 0)
-        except OSError:
-            continue
-        cpu += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
-    return cpu, rss
+    """(CPU seconds user + system, RSS bytes) summed over `pid`'s process tree; zeros once it has exited."""
+    try:
+        usage = procstat.sample(pid)
+    except procstat.ProcessGone:
+        return 0.0, 0
+    return usage.cpu_seconds, usage.rss_bytes
 
 
 class Server:
@@ -173,7 +152,7 @@ class Server:
             try:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
-                for pid in reversed(process_tree(self.proc.pid)):
+                for pid in reversed(procstat.tree(self.proc.pid)):
                     with contextlib.suppress(OSError):
                         os.kill(pid, signal.SIGKILL)
                 self.proc.wait()
