@@ -38,6 +38,7 @@ from twisted.logger import Logger
 
 from relay.auth import NonceStatus
 from relay.quota import LocalQuota
+from relay.ratelimit import LogLimiter
 from relay.stun import (
     MAGIC_COOKIE,
     Attr,
@@ -334,6 +335,8 @@ class TurnServer:
         self.quota: Quota = quota if quota is not None else LocalQuota()
         self.allocations: dict[FiveTuple, Allocation] = {}
         self.stats: collections.Counter[str] = collections.Counter()
+        # Anyone can make auth failures happen: log them, but not at the rate a flood arrives.
+        self._auth_log_limit = LogLimiter(rate=10.0, burst=50.0)
         self.reservations: dict[bytes, tuple[int, float]] = {}  # RESERVATION-TOKEN -> (port, expiry)
         # (5-tuple, transaction id) -> (response bytes, expiry), in expiry order.
         self._transactions: collections.OrderedDict[tuple[FiveTuple, bytes], tuple[bytes, float]] = (
@@ -513,9 +516,15 @@ class TurnServer:
 
     def _auth_failure(self, five_tuple: FiveTuple, username: str | None, reason: str) -> None:
         self.stats["auth_failures"] += 1
+        suppressed = self._auth_log_limit.allow(self.clock())
+        if suppressed is None:
+            return  # a flood: counted in stats, not logged line by line
         source = format_five_tuple(five_tuple)
-        log.info("{text}", text=f"TURN auth failure from {source} user {username!r}: {reason}",
-                 event="auth_failure", source=source, user=username, reason=reason)
+        text = f"TURN auth failure from {source} user {username!r}: {reason}"
+        if suppressed:
+            text += f" ({suppressed} earlier auth failures not logged: rate limit)"
+        log.info("{text}", text=text, event="auth_failure", source=source, user=username, reason=reason,
+                 suppressed=suppressed)
 
     # --- TURN requests (RFC 5766 6-11), each after authentication ---
 

@@ -212,7 +212,7 @@ class TurnTCPConnection(Protocol):
         except StunDecodeError:
             # The stream cannot be framed any more: nothing after this point can be trusted.
             self.core.stats["malformed"] += 1
-            log.info("TCP stream from {client} cannot be framed; closing", client=self.five_tuple[1])
+            self.core.stats["tcp_unframeable_closed"] += 1
             self.transport.abortConnection()
             return
         del buffer[:offset]
