@@ -168,7 +168,7 @@ class RelayService(Service):
         ):
             log.warn("listen addresses and the port range change only on restart")
         self.core.reconfigure(
-            settings=dataclasses.replace(turn_settings(new, self.relay_ip)),
+            settings=turn_settings(new, self.relay_ip),
             credentials=credentials,
             policy=peer_policy(new, self.relay_ip),
         )
