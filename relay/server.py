@@ -152,6 +152,7 @@ class TurnUDPListener:
         endpoint.handler = self.datagramReceived
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
+        reply_to = addr  # on a dual-stack socket an IPv4 client must be written to as ::ffff:a.b.c.d
         if self.dual_stack:
             addr = (unmap(addr[0]), addr[1])
         five_tuple = ("udp", addr, self.local)
@@ -159,9 +160,9 @@ class TurnUDPListener:
             self.core.handle_channel_data(data, five_tuple)
             return
         write = self.write
-        reply = self.core.handle_stun(data, five_tuple, lambda out: write(out, addr))
+        reply = self.core.handle_stun(data, five_tuple, lambda out: write(out, reply_to))
         if reply is not None:
-            write(reply, addr)
+            write(reply, reply_to)
 
 
 class TurnTCPConnection(Protocol):

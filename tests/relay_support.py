@@ -69,14 +69,16 @@ def udp_binding(host: str, port: int, timeout: float = 1.0) -> stun.Message | No
 class RelayProcess:
     """`twistd -n --pidfile= relay --config <tmp>.toml` with a config written from keyword arguments."""
 
-    def __init__(self, tmp_path: Path, host: str = "127.0.0.1", **relay_table) -> None:
-        self.host = host
-        self.port = free_port(host)
+    def __init__(self, tmp_path: Path, host: str = "127.0.0.1", listen_host: str | None = None,
+                 **relay_table) -> None:
+        self.host = host  # where the tests' clients send to
+        listen_host = listen_host or host
+        self.port = free_port(listen_host)
         self.tmp_path = tmp_path
         self.config_path = tmp_path / "rpturn.toml"
         self.log_path = tmp_path / "relay.log"
         table = {
-            "listen": [f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"],
+            "listen": [f"[{listen_host}]:{self.port}" if ":" in listen_host else f"{listen_host}:{self.port}"],
             "realm": "rpturn.test",
             "min_port": 40000,
             "max_port": 44999,

@@ -121,3 +121,18 @@ def test_tcp_connection_that_keeps_sending_frames_stays_open():
     assert not transport.disconnecting
     connection.connectionLost(None)
     assert not clock.getDelayedCalls()
+
+
+def test_dual_stack_listener_answers_ipv4_and_ipv6_clients(tmp_path):
+    relay = RelayProcess(tmp_path, host="127.0.0.1", listen_host="::").start()  # start() probes over IPv4
+    try:
+        for host in ("127.0.0.1", "::1"):
+            turn = RawTurnClient((host, relay.port))
+            response = turn.allocate()
+            assert error_code(response) is None
+            assert response.get(Attr.XOR_MAPPED_ADDRESS) == turn.local_address  # IPv4 seen unmapped
+            assert response.get(Attr.XOR_RELAYED_ADDRESS)[0] == "127.0.0.1"
+            turn.close()
+        assert "Traceback" not in relay.log()
+    finally:
+        relay.stop()
