@@ -62,6 +62,9 @@ if TYPE_CHECKING:
     from relay.ports import PortPool
     from relay.quota import Quota
 
+# Peer IPs one allocation may hold permissions for at once (RFC 5766 sets no limit; a media session needs a few).
+MAX_PERMISSIONS = 1000
+
 __all__ = [
     "Allocation",
     "ClientSender",
@@ -654,6 +657,10 @@ class TurnServer:
             raise TurnError(400, "XOR-PEER-ADDRESS missing")
         for peer in peers:  # all or nothing (RFC 5766 9.2)
             self._check_peer(allocation, peer)
+        new_hosts = {host for host, _ in peers} - allocation.permissions.keys()
+        if len(allocation.permissions) + len(new_hosts) > MAX_PERMISSIONS:
+            # One call talks to a handful of peers; thousands are a client filling our memory.
+            raise TurnError(508, "too many permissions on this allocation")
         expires_at = now + self.settings.permission_lifetime
         for host, _ in peers:
             allocation.install_permission(host, expires_at)
@@ -672,6 +679,8 @@ class TurnServer:
         if conflict is not None:
             raise TurnError(400, conflict)
         self._check_peer(allocation, peer)
+        if peer[0] not in allocation.permissions and len(allocation.permissions) >= MAX_PERMISSIONS:
+            raise TurnError(508, "too many permissions on this allocation")
         allocation.bind_channel(number, peer, now + self.settings.channel_lifetime)
         # A channel binding also installs or refreshes the permission for the peer's IP (RFC 5766 11.2).
         allocation.install_permission(peer[0], now + self.settings.permission_lifetime)

@@ -547,6 +547,16 @@ def test_ipv6_peer_for_an_ipv4_relay_gets_443(allocated):
     assert error_code(allocated.create_permission(("2001:db8::1", 9000))) == 443
 
 
+def test_permissions_beyond_the_per_allocation_cap_get_508_and_install_nothing(allocated, monkeypatch):
+    monkeypatch.setattr(relay.allocation, "MAX_PERMISSIONS", 3)
+    assert error_code(allocated.create_permission(("127.0.0.1", 1), ("127.0.0.2", 1))) is None
+    assert error_code(allocated.create_permission(("127.0.0.3", 1), ("127.0.0.4", 1))) == 508
+    assert set(allocated.allocation.permissions) == {"127.0.0.1", "127.0.0.2"}
+    assert error_code(allocated.create_permission(("127.0.0.1", 1), ("127.0.0.3", 1))) is None  # a refresh + one
+    bind = [(Attr.CHANNEL_NUMBER, 0x4000), (Attr.XOR_PEER_ADDRESS, ("127.0.0.9", 5))]
+    assert error_code(allocated.request(Method.CHANNEL_BIND, bind)) == 508
+
+
 def test_create_permission_without_peer_gets_400(allocated):
     assert error_code(allocated.request(Method.CREATE_PERMISSION, [])) == 400
 
