@@ -49,12 +49,14 @@ class TLSConnection(Protocol):
         self.tls_done = False  # no more TLS bytes in either direction (close_notify, error or abort)
         self.reason: Failure | None = None
         self.connected = False
+        self.tickets_expected = False  # client side: the peer's TLS 1.3 session tickets may still arrive
 
     # -- the TCP side ----------------------------------------------------------------------------------------
     def connectionMade(self) -> None:
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.sslobj = self.creator.wrap(self.incoming, self.outgoing)
         self.connected = True
+        self.tickets_expected = not self.sslobj.server_side
         self.wrapped.makeConnection(self)
         if not self.tls_done and not self.sslobj.server_side:
             self._handshake()
@@ -117,7 +119,21 @@ class TLSConnection(Protocol):
             if piece:
                 pieces.append(piece)
         self._deliver(pieces)
-        if not self.tls_done and self.outgoing.pending:  # type: ignore[union-attr]
+        if self.tls_done:
+            return
+        if self.tickets_expected:
+            # OpenSSL 3.0 sets up a 16 KiB write buffer to read a TLS 1.3 NewSessionTicket and frees it only after
+            # the next write: a node's tickets, arriving after our request, would keep it for the life of an
+            # /events stream. A zero-length write frees it now and sends nothing. Tickets come before the first
+            # response bytes, so this stops there.
+            if pieces:
+                self.tickets_expected = False
+            try:
+                sslobj.write(b"")  # type: ignore[union-attr]
+            except ssl.SSLError:
+                self._tls_failed(Failure())
+                return
+        if self.outgoing.pending:  # type: ignore[union-attr]
             self._send()  # TLS 1.3 post-handshake messages (key update answers)
 
     def _deliver(self, pieces: list[bytes]) -> None:

@@ -243,3 +243,50 @@ def test_reload_gives_new_connections_the_new_certificate_and_keeps_open_ones(re
     assert second.built[0].transport.sslobj.getpeercert(binary_form=True) != old_cert
     first.built[0].transport.write(b"still here")
     spin(reactor, lambda: server.built[0].data == b"still here")
+
+
+def _malloc_in_use() -> int:
+    """Bytes the C allocator has handed out (OpenSSL's buffers among them), not what the OS shows as RSS."""
+    import ctypes
+
+    class Mallinfo2(ctypes.Structure):
+        _fields_ = [(n, ctypes.c_size_t) for n in
+                    ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
+                     "keepcost")]
+
+    libc = ctypes.CDLL("libc.so.6")
+    libc.mallinfo2.restype = Mallinfo2
+    info = libc.mallinfo2()
+    return info.uordblks + info.hblkhd
+
+
+def _bytes_per_open_client(reactor: Any, pki: Pki, tickets: int, n: int = 40) -> float:
+    """C memory per connection pair held open after one request and answer, the node sending `tickets` TLS 1.3
+    session tickets (they arrive after the request is written, like a node's)."""
+    class Answer(Recorder):
+        def dataReceived(self, data: bytes) -> None:
+            self.transport.write(b"answer")
+
+    _, server_tls, port = serve(reactor, pki, Answer)
+    server_tls.context.num_tickets = tickets
+    client = One()
+    creator = tls.client_creator("127.0.0.1", "localhost", True, str(pki.root))
+    before = _malloc_in_use()
+    for _ in range(n):
+        reactor.connectTCP("127.0.0.1", port, TLSFactory(creator, client))
+    spin(reactor, lambda: len(client.built) == n and all(c.handshaken for c in client.built))
+    for c in client.built:
+        c.transport.write(b"request")
+    spin(reactor, lambda: all(c.data == b"answer" for c in client.built))
+    assert all(c.transport.sslobj.version() == "TLSv1.3" for c in client.built)
+    per_pair = (_malloc_in_use() - before) / n
+    for c in client.built:
+        c.transport.abortConnection()
+    spin(reactor, lambda: all(c.lost is not None for c in client.built))
+    return per_pair
+
+
+def test_the_nodes_session_tickets_leave_no_16k_buffer_behind_on_an_open_connection(reactor, pki):
+    without = _bytes_per_open_client(reactor, pki, tickets=0)
+    with_tickets = _bytes_per_open_client(reactor, pki, tickets=2)
+    assert with_tickets - without < 4096, (with_tickets, without)
