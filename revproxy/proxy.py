@@ -522,8 +522,10 @@ class Exchange:
         parts.append(b"\r\n\r\n")
         self.out += parts
         conn = self.conn
-        if streaming:
-            up.set_deadline(None)  # /events: no read timeout; its own keep-alive events keep it honest
+        if streaming:  # /events: no read timeout; its own keep-alive events keep it honest
+            up.cancel_deadline()  # and no timers held for the life of the stream
+            if self.request_done:  # (a request body still arriving keeps its client_timeout)
+                conn.cancel_deadline()
         if framing != NONE:
             conn.transport.registerProducer(up.transport, True)
         return True
