@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from revproxy_support import Pki
+from twisted.internet import error
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
 from twisted.internet.selectreactor import SelectReactor
@@ -228,6 +229,9 @@ def test_the_peers_close_notify_is_answered_and_ends_the_connection(reactor, pki
     spin(reactor, lambda: bool(client.built) and client.built[0].handshaken and bool(server.built))
     client.built[0].transport.loseConnection()
     spin(reactor, lambda: server.built[0].lost is not None and client.built[0].lost is not None)
+    # A clean TLS close on both ends, not an error or an abort.
+    assert server.built[0].lost.check(error.ConnectionDone), server.built[0].lost
+    assert client.built[0].lost.check(error.ConnectionDone), client.built[0].lost
 
 
 def test_reload_gives_new_connections_the_new_certificate_and_keeps_open_ones(reactor, pki, tmp_path):

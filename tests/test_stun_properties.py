@@ -67,7 +67,8 @@ def test_mutated_messages_parse_or_raise_decode_error(data):
 @scaled(0.15)
 @given(st.one_of(st.binary(max_size=100), stun_shaped_bytes(), mutated(encoded_messages())))
 def test_hot_path_parsers_never_raise_anything_else(data):
-    parse_send_indication(data)  # None or a result, never an exception
+    found = parse_send_indication(data)  # None or (peer, payload), never an exception
+    assert found is None or (isinstance(found[0], tuple) and isinstance(found[1], bytes))
     with contextlib.suppress(StunDecodeError):
         parse_channel_data(data)
     with contextlib.suppress(StunDecodeError):
