@@ -21,10 +21,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from coturn import free_port
 from procstat import ProcessGone, sample
 from relay_report import summarize
 from relay_servers import PASSWORD, REALM, USERNAME, Server, coturn_version, running_coturn, running_ours
+
+from tests.support.coturn import free_port
 
 UCLIENT = str(Path(sys.executable).with_name("rpturn-uclient"))
 TURNUTILS_PEER = shutil.which("turnutils_peer") or "/usr/bin/turnutils_peer"

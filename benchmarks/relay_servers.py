@@ -16,9 +16,10 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from coturn import Coturn
 from procstat import sample
-from relay_support import RelayProcess
+
+from tests.support.coturn import Coturn
+from tests.support.relay_process import RelayProcess
 
 USERNAME, PASSWORD, REALM = "bench", "bench-secret", "bench.test"
 

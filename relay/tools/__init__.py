@@ -1,1 +1,0 @@
-"""Console scripts: the turnutils-style harness and the operator's user-database tool."""

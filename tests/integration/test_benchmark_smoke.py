@@ -1,0 +1,26 @@
+"""benchmarks/relay_vs_coturn stays runnable: its --quick mode measures every figure and prints the tables."""
+
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "benchmarks" / "relay_vs_coturn"
+
+
+def test_quick_relay_benchmark_prints_ratio_tables_and_exits_0(tmp_path):
+    results_path = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--servers", "coturn,ours-w1", "--json", str(results_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=90,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "| ours-w1 / coturn |" in done.stdout
+    ratio_rows = re.findall(r"^\| max pps \(≤ 0\.1 % loss\) \| [\d,]+ \| [\d,]+ \| \d+\.\d\d \|$", done.stdout,
+                            flags=re.MULTILINE)
+    assert len(ratio_rows) == 2, done.stdout  # one per quick scenario: ChannelData and Send/Data
+    results = json.loads(results_path.read_text())
+    assert results["missing"] == []
+    assert all(target["met"] is not None for target in results["targets"])

@@ -1,0 +1,147 @@
+"""The real `twistd relay` process on loopback, driven by real third-party clients: coturn's turnutils tools and aioice.
+
+Figures (messages, loss, rtt) are printed with -s so CI logs carry them; the assertions are on exact counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import subprocess
+import time
+
+import pytest
+
+from tests.support.relay_process import EchoPeer, RelayProcess, free_port
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory):
+    process = RelayProcess(tmp_path_factory.mktemp("relay")).start()
+    yield process
+    assert process.stop() == 0
+    assert "Traceback" not in process.log()
+
+
+@pytest.fixture(scope="module")
+def turn_peer():
+    """coturn's turnutils_peer: a UDP echo peer on loopback."""
+    port = free_port()
+    peer = subprocess.Popen(["turnutils_peer", "-L", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    yield port
+    peer.terminate()
+    peer.wait(5)
+
+
+def run_uclient(relay: RelayProcess, peer_port: int, *flags: str, clients: int = 3, messages: int = 50,
+                size: int = 200) -> dict:
+    """turnutils_uclient through our relay to the echo peer; its summary as numbers."""
+    command = ["turnutils_uclient", *flags, "-p", str(relay.port), "-u", "alice", "-w", "secret",
+               "-e", "127.0.0.1", "-r", str(peer_port), "-m", str(clients), "-n", str(messages),
+               "-l", str(size), "-z", "5", "127.0.0.1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
+    lost = re.search(r"Total lost packets (\d+) \(([\d.]+)%\)", output)
+    rtt = re.search(r"Average round trip delay ([\d.]+) ms; min = (\d+) ms, max = (\d+) ms", output)
+    assert totals and lost and rtt, output[-2000:]
+    sent, received = map(int, totals[-1])
+    figures = {"sent": sent, "received": received, "lost": int(lost.group(1)), "rtt_ms": float(rtt.group(1)),
+               "rtt_max_ms": int(rtt.group(3)), "errors": re.findall(r"error \d+ \([^)]*\)", output)}
+    print(f"turnutils_uclient {' '.join(flags) or '(channels, UDP)'}: {figures}")
+    return figures
+
+
+def test_turnutils_stunclient_learns_its_reflexive_address(relay):
+    result = subprocess.run(["turnutils_stunclient", "-p", str(relay.port), "127.0.0.1"],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0
+    assert re.search(r"UDP reflexive addr: 127\.0\.0\.1:\d+", result.stdout + result.stderr)
+
+
+def test_turnutils_uclient_channels_over_udp_lose_nothing(relay, turn_peer):
+    # uclient pairs its clients as RTP/RTCP allocations (EVEN-PORT with the R bit, then RESERVATION-TOKEN).
+    figures = run_uclient(relay, turn_peer, clients=4, messages=100)
+    assert figures["sent"] == 400
+    assert figures["received"] == figures["sent"]
+    assert figures["lost"] == 0
+    assert figures["errors"] == []
+
+
+def test_turnutils_uclient_send_indications_over_udp_lose_nothing(relay, turn_peer):
+    figures = run_uclient(relay, turn_peer, "-s", clients=4, messages=100)
+    assert figures["sent"] == 400
+    assert figures["received"] == figures["sent"]
+    assert figures["lost"] == 0
+
+
+def test_turnutils_uclient_over_tcp_control_connection_loses_nothing(relay, turn_peer):
+    figures = run_uclient(relay, turn_peer, "-t", clients=4, messages=100)
+    assert figures["sent"] == 400
+    assert figures["received"] == figures["sent"]
+    assert figures["lost"] == 0
+
+
+def test_turnutils_uclient_tcp_with_send_indications_and_padding(relay, turn_peer):
+    figures = run_uclient(relay, turn_peer, "-t", "-s", "-D", clients=2, messages=50, size=101)
+    assert figures["sent"] == 100
+    assert figures["received"] == figures["sent"]
+    assert figures["lost"] == 0
+
+
+def test_turnutils_uclient_with_dont_fragment(relay, turn_peer):
+    figures = run_uclient(relay, turn_peer, "-g", clients=2, messages=20)
+    assert figures["received"] == figures["sent"] == 40
+    assert figures["errors"] == []
+
+
+def test_turnutils_uclient_wrong_password_allocates_nothing(relay, turn_peer):
+    result = subprocess.run(
+        ["turnutils_uclient", "-p", str(relay.port), "-u", "alice", "-w", "wrong", "-e", "127.0.0.1",
+         "-r", str(turn_peer), "-m", "1", "-n", "5", "127.0.0.1"],
+        capture_output=True, text=True, timeout=60,
+    )
+    assert "Cannot complete Allocation" in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_aioice_turn_client_relays_datagrams_to_an_echo_peer(relay, transport):
+    from aioice.turn import create_turn_endpoint
+
+    peer = EchoPeer()
+
+    class Collect(asyncio.DatagramProtocol):
+        def __init__(self):
+            self.received: list[bytes] = []
+            self.arrived = asyncio.Event()
+
+        def datagram_received(self, data, addr):
+            assert addr == peer.address
+            self.received.append(data)
+            if len(self.received) == 100:
+                self.arrived.set()
+
+    async def exchange():
+        endpoint, collector = await create_turn_endpoint(
+            Collect, server_addr=relay.address, username="alice", password="secret", transport=transport)
+        try:
+            relayed = endpoint.get_extra_info("sockname")
+            assert relayed[0] == "127.0.0.1" and 40000 <= relayed[1] <= 44999
+            started = time.monotonic()
+            for i in range(100):
+                endpoint.sendto(b"%05d" % i + b"x" * 500, peer.address)
+                await asyncio.sleep(0.002)
+            await asyncio.wait_for(collector.arrived.wait(), 10)
+            return collector.received, time.monotonic() - started
+        finally:
+            endpoint.close()
+            await asyncio.sleep(0.1)
+
+    try:
+        received, elapsed = asyncio.run(exchange())
+    finally:
+        peer.close()
+    print(f"aioice over {transport}: 100 sent, {len(received)} received in {elapsed * 1000:.0f} ms")
+    assert sorted(received) == [b"%05d" % i + b"x" * 500 for i in range(100)]

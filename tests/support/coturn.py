@@ -1,0 +1,158 @@
+"""Start coturn's `turnserver` on loopback for tests and the benchmark, configured like our relay.
+
+Long-term credentials, one user, no TLS/DTLS, listening and relaying on 127.0.0.1 only, loopback peers allowed
+(coturn denies them by default), a random free listening port and a random relay port range. `start()` returns
+once the server answers a Binding request; `stop()` kills it (SIGTERM, then SIGKILL).
+
+    with running_coturn() as server:
+        server.host, server.port, server.username, server.password, server.realm
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from relay.client import Success, TurnClient
+from tests.support.net import free_port
+
+TURNSERVER = shutil.which("turnserver") or "/usr/bin/turnserver"
+
+
+class CoturnError(RuntimeError):
+    """turnserver could not be started, or did not answer in time."""
+
+
+
+
+def binding_answered(host: str, port: int, timeout: float = 0.5) -> bool:
+    """True if a STUN Binding request to host:port (UDP) gets a success response within `timeout`."""
+    client = TurnClient(rto=0.1, max_sends=3, last_wait=2)
+    handle = client.request_binding(time.monotonic())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.connect((host, port))
+        deadline = time.monotonic() + timeout
+        while (now := time.monotonic()) < deadline:
+            for datagram in client.data_to_send():
+                sock.send(datagram)
+            sock.settimeout(max(0.01, min(deadline, client.next_timeout() or deadline) - now))
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                client.handle_timeout(time.monotonic())
+                continue
+            except ConnectionRefusedError:
+                return False
+            for event in client.receive(data, time.monotonic()):
+                if isinstance(event, Success) and event.handle == handle:
+                    return True
+    return False
+
+
+class Coturn:
+    """One turnserver process on 127.0.0.1."""
+
+    def __init__(
+        self,
+        *,
+        username: str = "u",
+        password: str = "p",
+        realm: str = "r",
+        relay_ports: int = 200,
+        min_port: int | None = None,
+        max_port: int | None = None,
+        extra_args: tuple[str, ...] = (),
+    ) -> None:
+        self.host = "127.0.0.1"
+        self.port = 0
+        self.username = username
+        self.password = password
+        self.realm = realm
+        self.relay_ports = relay_ports
+        self.extra_args = extra_args
+        self.fixed_range = (min_port, max_port) if min_port is not None and max_port is not None else None
+        self.min_port = self.max_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self.log_path: Path | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def command(self) -> list[str]:
+        assert self._dir is not None
+        return [
+            TURNSERVER, "-n",  # no configuration file: everything is on this command line
+            "--listening-ip", self.host, "--listening-port", str(self.port),
+            "--relay-ip", self.host, "--min-port", str(self.min_port), "--max-port", str(self.max_port),
+            "--no-tls", "--no-dtls", "--lt-cred-mech", "--user", f"{self.username}:{self.password}",
+            "--realm", self.realm, f"--allowed-peer-ip={self.host}", "--allow-loopback-peers", "--no-cli",
+            "--log-file", "stdout", "--pidfile", os.path.join(self._dir.name, "turnserver.pid"),
+            "--db", os.path.join(self._dir.name, "turndb"),
+            *self.extra_args,
+        ]
+
+    def start(self, timeout: float = 10.0) -> Coturn:
+        self._dir = tempfile.TemporaryDirectory(prefix="rpturn-coturn-")
+        self.port = free_port()
+        # Unless given: a random window below Linux's ephemeral range (32768-60999), where test clients' ports
+        # land; coturn skips a relay port in use, so an overlap costs nothing but a retry.
+        if self.fixed_range is not None:
+            self.min_port, self.max_port = self.fixed_range
+        else:
+            self.min_port = random.randrange(20000, max(20001, 32000 - self.relay_ports))
+            self.max_port = self.min_port + self.relay_ports - 1
+        self.log_path = Path(self._dir.name) / "turnserver.log"
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                log_text = self.log()
+                self.stop()
+                raise CoturnError(f"turnserver exited with {self.process.returncode}:\n{log_text[-2000:]}")
+            if binding_answered(self.host, self.port):
+                return self
+            time.sleep(0.05)
+        log_text = self.log()
+        self.stop()
+        raise CoturnError(f"turnserver did not answer a Binding within {timeout} s:\n{log_text[-2000:]}")
+
+    def log(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+
+@contextlib.contextmanager
+def running_coturn(**kwargs: object) -> Iterator[Coturn]:
+    server = Coturn(**kwargs)  # type: ignore[arg-type]
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,268 @@
+"""Run the real `twistd relay` process on loopback for integration tests, and talk raw STUN to it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from relay import stun
+from tests.support.net import free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+TWISTD = str(Path(sys.executable).with_name("twistd"))
+
+
+
+
+def toml_value(value) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    raise TypeError(value)
+
+
+def binding_request() -> tuple[bytes, bytes]:
+    transaction_id = os.urandom(12)
+    message = stun.Message(stun.Method.BINDING, stun.MessageClass.REQUEST, transaction_id, [])
+    return stun.encode(message, fingerprint=True), transaction_id
+
+
+def udp_binding(host: str, port: int, timeout: float = 1.0) -> stun.Message | None:
+    """One STUN Binding over UDP; the parsed response, or None on timeout."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    request, transaction_id = binding_request()
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(timeout)
+        sock.sendto(request, (host, port))
+        try:
+            data, _ = sock.recvfrom(2048)
+        except TimeoutError:
+            return None
+    response = stun.parse(data)
+    assert response.transaction_id == transaction_id
+    return response
+
+
+class RelayProcess:
+    """`twistd -n --pidfile= relay --config <tmp>.toml` with a config written from keyword arguments."""
+
+    def __init__(self, tmp_path: Path, host: str = "127.0.0.1", listen_host: str | None = None,
+                 **relay_table) -> None:
+        self.host = host  # where the tests' clients send to
+        listen_host = listen_host or host
+        self.port = free_port(listen_host)
+        self.tmp_path = tmp_path
+        self.config_path = tmp_path / "rpturn.toml"
+        self.log_path = tmp_path / "relay.log"
+        table = {
+            "listen": [f"[{listen_host}]:{self.port}" if ":" in listen_host else f"{listen_host}:{self.port}"],
+            "realm": "rpturn.test",
+            "min_port": 40000,
+            "max_port": 44999,
+            "relay_ip": "127.0.0.1",
+            "allowed_peers": ["127.0.0.0/8"],
+        }
+        users = relay_table.pop("users", {"alice": "secret"})
+        table.update(relay_table)
+        lines = ["[relay]"] + [f"{k} = {toml_value(v)}" for k, v in table.items() if v is not None]
+        lines += ["", "[relay.users]"] + [f"{toml_value(u)} = {toml_value(p)}" for u, p in users.items()]
+        self.config_path.write_text("\n".join(lines) + "\n")
+        self.process: subprocess.Popen | None = None
+
+    def start(self, extra_args: tuple[str, ...] = ()) -> RelayProcess:
+        self.process = subprocess.Popen(
+            [TWISTD, "-n", "--pidfile=", "--logfile", str(self.log_path), "relay",
+             "--config", str(self.config_path), *extra_args],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                output = self.process.stdout.read().decode(errors="replace")
+                raise RuntimeError(f"relay exited with {self.process.returncode}: {output}\n{self.log()}")
+            if udp_binding(self.host, self.port, timeout=0.2) is not None:
+                return self
+        raise RuntimeError(f"relay did not answer a Binding within 15 s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def signal(self, signum: int) -> None:
+        assert self.process is not None
+        self.process.send_signal(signum)
+
+    def stop(self) -> int:
+        """SIGTERM and wait; 0 for a clean shutdown.
+
+        twistd re-raises the signal that stopped its reactor so its exit status reports it: a process that
+        logged "Server Shut Down." and died of SIGTERM stopped cleanly.
+        """
+        if self.process is None:
+            return 0
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+                raise
+        code = self.process.returncode
+        if code == -signal.SIGTERM and "Server Shut Down." in self.log():
+            return 0
+        return code
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+
+class RawTurnClient:
+    """A deliberately small, blocking TURN client over one UDP or TCP socket, for checking exact server answers."""
+
+    def __init__(self, server: tuple[str, int], username: str = "alice", password: str = "secret",
+                 transport: str = "udp", timeout: float = 2.0) -> None:
+        self.server = server
+        self.username = username
+        self.password = password
+        self.transport = transport
+        kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
+        self.sock = socket.socket(socket.AF_INET6 if ":" in server[0] else socket.AF_INET, kind)
+        self.sock.settimeout(timeout)
+        if transport == "tcp":
+            self.sock.connect(server)
+        else:
+            self.sock.bind((server[0], 0))
+        self.buffer = b""
+        self.realm: str | None = None
+        self.nonce: str | None = None
+
+    def close(self) -> None:
+        self.sock.close()
+
+    @property
+    def local_address(self) -> tuple[str, int]:
+        return self.sock.getsockname()[:2]
+
+    def send_bytes(self, data: bytes) -> None:
+        if self.transport == "udp":
+            self.sock.sendto(data, self.server)
+        else:
+            self.sock.sendall(data)
+
+    def recv_frame(self) -> bytes:
+        if self.transport == "udp":
+            return self.sock.recvfrom(70000)[0]
+        while True:
+            size = stun.tcp_frame_length(self.buffer) if len(self.buffer) >= 4 else None
+            if size is not None and len(self.buffer) >= size:
+                frame, self.buffer = self.buffer[:size], self.buffer[size:]
+                return frame
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection")
+            self.buffer += chunk
+
+    def recv_message(self, transaction_id: bytes | None = None) -> stun.Message:
+        while True:
+            frame = self.recv_frame()
+            if stun.is_channel_data(frame):
+                continue
+            message = stun.parse(frame)
+            if transaction_id is None or message.transaction_id == transaction_id:
+                return message
+
+    @property
+    def key(self) -> bytes:
+        assert self.realm is not None
+        return stun.long_term_key(self.username, self.realm, self.password)
+
+    def signed(self, method: int, attributes=(), *, transaction_id: bytes | None = None,
+               fingerprint: bool = False, msg_class: int = stun.MessageClass.REQUEST) -> bytes:
+        """An encoded request carrying USERNAME, REALM, NONCE and MESSAGE-INTEGRITY."""
+        if self.nonce is None:
+            self.learn_nonce()
+        message = stun.Message(method, msg_class, transaction_id or os.urandom(12), list(attributes))
+        message.add(stun.Attr.USERNAME, self.username).add(stun.Attr.REALM, self.realm)
+        message.add(stun.Attr.NONCE, self.nonce)
+        return stun.encode(message, integrity_key=self.key, fingerprint=fingerprint)
+
+    def unsigned(self, method: int, attributes=(), *, transaction_id: bytes | None = None,
+                 fingerprint: bool = False) -> bytes:
+        message = stun.Message(method, stun.MessageClass.REQUEST, transaction_id or os.urandom(12),
+                               list(attributes))
+        return stun.encode(message, fingerprint=fingerprint)
+
+    def learn_nonce(self) -> stun.Message:
+        """An unauthenticated Allocate: the server's 401 carries REALM and NONCE."""
+        transaction_id = os.urandom(12)
+        self.send_bytes(self.unsigned(stun.Method.ALLOCATE, [(stun.Attr.REQUESTED_TRANSPORT, 17)],
+                                      transaction_id=transaction_id))
+        response = self.recv_message(transaction_id)
+        assert response.get(stun.Attr.ERROR_CODE)[0] == 401, response
+        self.realm = response.get(stun.Attr.REALM)
+        self.nonce = response.get(stun.Attr.NONCE)
+        return response
+
+    def request(self, method: int, attributes=(), *, fingerprint: bool = False) -> stun.Message:
+        """A signed request and its response; one retry with the fresh nonce on 438."""
+        for _ in range(2):
+            transaction_id = os.urandom(12)
+            self.send_bytes(self.signed(method, attributes, transaction_id=transaction_id, fingerprint=fingerprint))
+            response = self.recv_message(transaction_id)
+            error = response.get(stun.Attr.ERROR_CODE)
+            if error and error[0] == 438:
+                self.nonce = response.get(stun.Attr.NONCE)
+                continue
+            return response
+        return response
+
+    def allocate(self, *extra) -> stun.Message:
+        return self.request(stun.Method.ALLOCATE, [(stun.Attr.REQUESTED_TRANSPORT, 17), *extra])
+
+
+def error_code(message: stun.Message) -> int | None:
+    error = message.get(stun.Attr.ERROR_CODE)
+    return error[0] if error else None
+
+
+class EchoPeer:
+    """A UDP echo peer on loopback, run in a thread; counts what it echoed."""
+
+    def __init__(self, host: str = "127.0.0.1") -> None:
+        import threading
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind((host, 0))
+        self.sock.settimeout(0.2)
+        self.address = self.sock.getsockname()
+        self.echoed = 0
+        self.running = True
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while self.running:
+            try:
+                data, addr = self.sock.recvfrom(70000)
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            self.sock.sendto(data, addr)
+            self.echoed += 1
+
+    def close(self) -> None:
+        self.running = False
+        self.thread.join(2)
+        self.sock.close()
