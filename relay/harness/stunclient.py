@@ -1,4 +1,4 @@
-"""rpturn-stunclient: one STUN Binding over UDP or TCP; prints the mapped address, SOFTWARE and round-trip time.
+"""rpturn-stunclient: one STUN Binding over UDP, TCP or TLS; prints the mapped address, SOFTWARE and round-trip time.
 
 Exit status 0 on a success response, 1 on an error response, a timeout or a refused connection (one line on
 stderr says which), 2 on a usage error.
@@ -23,19 +23,27 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog=PROG, description="Send one STUN Binding request and print the answer.")
     parser.add_argument("server", type=host_port, metavar="HOST[:PORT]", help="STUN server (port 3478 by default)")
     parser.add_argument("--tcp", action="store_true", help="over TCP instead of UDP")
+    parser.add_argument("--tls", action="store_true",
+                        help="over TLS (the server's certificate is not checked unless --ca is given)")
+    parser.add_argument("--ca", metavar="FILE", help="with --tls: verify the server against this CA bundle")
+    parser.add_argument("--server-name", metavar="NAME", help="with --tls: SNI and the name --ca checks")
     parser.add_argument("--timeout", type=non_negative_float, default=5.0,
                         help="give up after this many seconds (UDP retransmits on the RFC 5389 schedule until "
                              "then; default 5)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.ca or args.server_name) and not args.tls:
+        parser.error("--ca and --server-name go with --tls")
+    return args
 
 
 @defer.inlineCallbacks
 def _binding(reactor: Any, args: argparse.Namespace) -> Any:
     host, port = args.server
-    transport = "TCP" if args.tcp else "UDP"
+    transport = "TLS" if args.tls else "TCP" if args.tcp else "UDP"
     where = f"{host}:{port} over {transport}"
     try:
-        client = yield connect(reactor, host, port, tcp=args.tcp, connect_timeout=args.timeout,
+        client = yield connect(reactor, host, port, tcp=args.tcp, tls=args.tls, ca_file=args.ca,
+                               server_name=args.server_name, connect_timeout=args.timeout,
                                transaction_timeout=args.timeout)
         started = reactor.seconds()
         success = yield client.binding()

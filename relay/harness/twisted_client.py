@@ -1,4 +1,5 @@
-"""Twisted driver for the sans-I/O `relay.client.TurnClient`: moves its bytes over UDP or TCP and runs its timer.
+"""Twisted driver for the sans-I/O `relay.client.TurnClient`: moves its bytes over UDP, TCP or TLS and runs its
+timer.
 
     client = yield connect(reactor, "127.0.0.1", 3478, credentials=Credentials("u", "p"))
     allocation = yield client.allocate()
@@ -225,13 +226,24 @@ def connect(
     port: int,
     *,
     tcp: bool = False,
+    tls: bool = False,
+    ca_file: str | None = None,
+    server_name: str | None = None,
     credentials: Credentials | None = None,
     connect_timeout: float = 5.0,
     **client_options: Any,
 ) -> defer.Deferred[TwistedTurnClient]:
-    """A client of the STUN/TURN server at host:port over UDP (the default) or TCP, ready for requests."""
-    client = TurnClient(credentials, reliable=tcp, **client_options)
+    """A client of the STUN/TURN server at host:port over UDP (the default), TCP or TLS, ready for requests.
+
+    Over TLS the server's certificate is verified against `ca_file` (for `server_name`, default `host`) when one is
+    given; without it any certificate is accepted, as turnutils_uclient does."""
+    client = TurnClient(credentials, reliable=tcp or tls, **client_options)
     driver = TwistedTurnClient(client, reactor)
+    if tls:
+        factory = _TCPFactory(driver)
+        reactor.connectSSL(host, port, factory, _client_tls_options(ca_file, server_name or host),
+                           timeout=connect_timeout)
+        return factory.connected
     if tcp:
         factory = _TCPFactory(driver)
         reactor.connectTCP(host, port, factory, timeout=connect_timeout)
@@ -241,3 +253,13 @@ def connect(
         interface = host if host == "::1" else "127.0.0.1"
     reactor.listenUDP(0, _UDPTransport(driver, (host, port)), interface=interface, maxPacketSize=65535)
     return defer.succeed(driver)
+
+
+def _client_tls_options(ca_file: str | None, server_name: str) -> Any:
+    from twisted.internet import ssl
+
+    if ca_file is None:
+        return ssl.CertificateOptions(raiseMinimumTo=ssl.TLSVersion.TLSv1_2)
+    with open(ca_file, "rb") as f:
+        authority = ssl.Certificate.loadPEM(f.read())
+    return ssl.optionsForClientTLS(server_name, trustRoot=authority)

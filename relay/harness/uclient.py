@@ -29,6 +29,7 @@ from typing import Any
 from relay.client import Credentials
 from relay.harness.common import host_port, non_negative_float, peer_port, positive_int
 from relay.harness.load import MIN_SIZE, Engine, LoadOptions, RunResult, SetupResult
+from relay.restauth import make_credentials
 from relay.stun import ERROR_REASONS
 
 PROG = "rpturn-uclient"
@@ -38,10 +39,21 @@ DEFAULT_PEER = ("127.0.0.1", 3480)  # where rpturn-peer and turnutils_peer liste
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog=PROG, description="Load a TURN relay with N clients echoing through a peer.")
     p.add_argument("server", type=host_port, metavar="HOST[:PORT]", help="TURN server (port 3478 by default)")
-    p.add_argument("-u", "--user", required=True, help="long-term credential user name")
-    p.add_argument("-w", "--password", required=True, help="long-term credential password")
+    p.add_argument("-u", "--user", required=True,
+                   help="long-term credential user name (with --secret: the user part of the REST username)")
+    secret = p.add_mutually_exclusive_group(required=True)
+    secret.add_argument("-w", "--password", help="long-term credential password")
+    secret.add_argument("--secret", help="TURN REST API shared secret: send the time-limited username "
+                                         "'<expiry>:USER' and its password base64(HMAC-SHA1(SECRET, username))")
+    p.add_argument("--ttl", type=positive_int, default=86400,
+                   help="with --secret: seconds the credentials stay valid (default 86400)")
     p.add_argument("--realm", help="realm, used only if the server announces none")
     p.add_argument("--tcp", action="store_true", help="talk to the server over TCP (relaying stays UDP)")
+    p.add_argument("--tls", action="store_true", help="talk to the server over TLS (TURN over TLS, port 5349 "
+                                                      "by convention); the server's certificate is not checked "
+                                                      "unless --ca is given")
+    p.add_argument("--ca", metavar="FILE", help="with --tls: verify the server's certificate against this CA bundle")
+    p.add_argument("--server-name", metavar="NAME", help="with --tls: SNI and the name --ca checks (default: HOST)")
     p.add_argument("--clients", type=positive_int, default=1, help="allocations, one client each (default 1)")
     p.add_argument("--messages", type=int, default=100,
                    help="messages per client (default 100); 0: allocate only (held for --duration if given)")
@@ -87,6 +99,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     search.add_argument("--max-time", type=non_negative_float, default=60.0,
                         help="stop searching after this many seconds (default 60)")
     args = p.parse_args(argv)
+    if (args.ca or args.server_name) and not args.tls:
+        p.error("--ca and --server-name go with --tls")
     if args.size < MIN_SIZE or args.size > 65000:
         p.error(f"--size must be between {MIN_SIZE} (the send timestamp) and 65000")
     if args.messages < 0:
@@ -398,19 +412,29 @@ def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} ms"
 
 
+def credentials_of(args: argparse.Namespace) -> Credentials:
+    """The long-term credentials to send: as given, or (--secret) time-limited ones made from the secret."""
+    if args.secret is None:
+        return Credentials(args.user, args.password, args.realm)
+    username, password = make_credentials(args.secret, args.user, args.ttl, time.time())
+    return Credentials(username, password, args.realm)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     traffic = args.max_pps or args.messages > 0
     options = LoadOptions(
-        server=args.server, credentials=Credentials(args.user, args.password, args.realm), tcp=args.tcp,
+        server=args.server, credentials=credentials_of(args), tcp=args.tcp or args.tls,
         peer=args.peer, channels=args.channels, size=args.size, traffic=traffic, raw_echo=args.raw_echo,
+        tls=args.tls, ca_file=args.ca, server_name=args.server_name,
     )
     pool = Pool(options, args.clients, args.processes, show_progress=not args.quiet)
     try:
         setup = merge_setup(pool.call("setup"))
         errors = Counter(setup.errors)
         result: dict[str, Any] = {
-            "server": f"{args.server[0]}:{args.server[1]}", "transport": "tcp" if args.tcp else "udp",
+            "server": f"{args.server[0]}:{args.server[1]}",
+            "transport": "tls" if args.tls else "tcp" if args.tcp else "udp",
             "mode": "channels" if args.channels else "indications", "clients": args.clients,
             "processes": args.processes, "size": args.size, "allocations": setup.allocations,
             "allocation_seconds": setup.allocation_seconds,

@@ -6,6 +6,10 @@ once the server answers a Binding request; `stop()` kills it (SIGTERM, then SIGK
 
     with running_coturn() as server:
         server.host, server.port, server.username, server.password, server.realm
+
+`tls_bundle` (a PEM file with the certificate and its unencrypted key, as the proxy's bundle) adds a TURN-over-TLS
+listener on `server.tls_port` (coturn's --cert/--pkey; DTLS stays off). `auth_secret` switches to the TURN REST API
+(`--use-auth-secret --static-auth-secret`): time-limited credentials made with that secret, instead of the user.
 """
 
 from __future__ import annotations
@@ -71,6 +75,8 @@ class Coturn:
         min_port: int | None = None,
         max_port: int | None = None,
         extra_args: tuple[str, ...] = (),
+        tls_bundle: str | os.PathLike[str] | None = None,
+        auth_secret: str | None = None,
     ) -> None:
         self.host = "127.0.0.1"
         self.port = 0
@@ -79,6 +85,9 @@ class Coturn:
         self.realm = realm
         self.relay_ports = relay_ports
         self.extra_args = extra_args
+        self.tls_bundle = os.fspath(tls_bundle) if tls_bundle is not None else None
+        self.tls_port = 0
+        self.auth_secret = auth_secret
         self.fixed_range = (min_port, max_port) if min_port is not None and max_port is not None else None
         self.min_port = self.max_port = 0
         self.process: subprocess.Popen[bytes] | None = None
@@ -91,11 +100,20 @@ class Coturn:
 
     def command(self) -> list[str]:
         assert self._dir is not None
+        if self.tls_bundle is not None:
+            tls = ["--tls-listening-port", str(self.tls_port), "--cert", self.tls_bundle, "--pkey", self.tls_bundle,
+                   "--no-dtls"]
+        else:
+            tls = ["--no-tls", "--no-dtls"]
+        if self.auth_secret is not None:
+            auth = ["--use-auth-secret", "--static-auth-secret", self.auth_secret]
+        else:
+            auth = ["--lt-cred-mech", "--user", f"{self.username}:{self.password}"]
         return [
             TURNSERVER, "-n",  # no configuration file: everything is on this command line
             "--listening-ip", self.host, "--listening-port", str(self.port),
             "--relay-ip", self.host, "--min-port", str(self.min_port), "--max-port", str(self.max_port),
-            "--no-tls", "--no-dtls", "--lt-cred-mech", "--user", f"{self.username}:{self.password}",
+            *tls, *auth,
             "--realm", self.realm, f"--allowed-peer-ip={self.host}", "--allow-loopback-peers", "--no-cli",
             "--log-file", "stdout", "--pidfile", os.path.join(self._dir.name, "turnserver.pid"),
             "--db", os.path.join(self._dir.name, "turndb"),
@@ -105,6 +123,9 @@ class Coturn:
     def start(self, timeout: float = 10.0) -> Coturn:
         self._dir = tempfile.TemporaryDirectory(prefix="rpturn-coturn-")
         self.port = free_port()
+        if self.tls_bundle is not None:
+            # coturn also opens the "alternative" ports listening-port+1 and tls-listening-port+1.
+            self.tls_port = free_port()
         # Unless given: a random window below Linux's ephemeral range (32768-60999), where test clients' ports
         # land; coturn skips a relay port in use, so an overlap costs nothing but a retry.
         if self.fixed_range is not None:
