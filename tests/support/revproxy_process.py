@@ -59,13 +59,15 @@ def _pki_imports() -> Any:
 
 
 def _cert(subject: str, key: Any, issuer: Any = None, issuer_key: Any = None, ca: bool = False,
-          names: tuple[str, ...] = ()) -> Any:
+          names: tuple[str, ...] = (), valid: tuple[datetime.timedelta, datetime.timedelta] | None = None) -> Any:
+    """`valid`: (not before, not after) relative to now; default one hour ago to 90 days ahead."""
     x509, hashes, _, _, NameOID = _pki_imports()
     now = datetime.datetime.now(datetime.UTC)
+    before, after = valid or (datetime.timedelta(hours=-1), datetime.timedelta(days=90))
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)])
     b = (x509.CertificateBuilder().subject_name(name).issuer_name(issuer.subject if issuer else name)
          .public_key(key.public_key()).serial_number(x509.random_serial_number())
-         .not_valid_before(now - datetime.timedelta(hours=1)).not_valid_after(now + datetime.timedelta(days=30))
+         .not_valid_before(now + before).not_valid_after(now + after)
          .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
     if ca:
         b = b.add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), True)
@@ -107,8 +109,10 @@ class Pki:
     def __post_init__(self) -> None:
         _, _, _, ec, _ = _pki_imports()
         root_key, inter_key, leaf_key, other = (ec.generate_private_key(ec.SECP256R1()) for _ in range(4))
-        root = _cert("rpturn test root", root_key, ca=True)
-        inter = _cert("rpturn test intermediate", inter_key, root, root_key, ca=True)
+        ten_years = (datetime.timedelta(hours=-1), datetime.timedelta(days=3650))
+        root = _cert("rpturn test root", root_key, ca=True, valid=ten_years)
+        inter = _cert("rpturn test intermediate", inter_key, root, root_key, ca=True, valid=ten_years)
+        self._issuers = {"root": (root, root_key), "intermediate": (inter, inter_key)}
         leaf = _cert("localhost", leaf_key, inter, inter_key, names=("localhost", "127.0.0.1"))
         self.leaf_pem, self.key_pem, self.intermediate_pem = _pem_cert(leaf), _pem_key(leaf_key), _pem_cert(inter)
         self.other_key_pem = _pem_key(other)
@@ -116,6 +120,22 @@ class Pki:
         self.root = self.where / "root.pem"
         self.root.write_bytes(_pem_cert(root))
         self.bundle = self.write("bundle.pem", self.leaf_pem, self.key_pem, self.intermediate_pem)
+
+    def issue(self, names: tuple[str, ...] = ("localhost",), by: str = "intermediate",
+              valid: tuple[datetime.timedelta, datetime.timedelta] | None = None, rsa_bits: int = 0,
+              ) -> tuple[bytes, bytes]:
+        """(certificate PEM, unencrypted key PEM) of a new server certificate for `names`, issued by the
+        "intermediate", the "root" or "self" (self-signed), valid as `valid` says (see `_cert`)."""
+        _, _, _, ec, _ = _pki_imports()
+        if rsa_bits:
+            from cryptography.hazmat.primitives.asymmetric import rsa
+
+            key = rsa.generate_private_key(65537, rsa_bits)
+        else:
+            key = ec.generate_private_key(ec.SECP256R1())
+        issuer, issuer_key = self._issuers[by] if by != "self" else (None, None)
+        subject = names[0] if names else "no names"
+        return _pem_cert(_cert(subject, key, issuer, issuer_key, names=names, valid=valid)), _pem_key(key)
 
     def write(self, name: str, *parts: bytes) -> Path:
         p = self.where / name
