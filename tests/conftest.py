@@ -15,7 +15,8 @@ HERE = Path(__file__).resolve().parent
 KINDS = ("unit", "property", "integration")
 
 # Third-party tools the integration tests drive. When they are collected, a missing tool fails, never skips.
-REQUIRED_TOOLS = ("turnutils_uclient", "turnutils_peer", "turnutils_stunclient", "turnserver", "curl", "openssl")
+REQUIRED_TOOLS = ("turnutils_uclient", "turnutils_peer", "turnutils_stunclient", "turnserver", "curl", "openssl",
+                  "tmux")
 
 
 def _kind(path: Path) -> str | None:
