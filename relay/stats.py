@@ -1,0 +1,102 @@
+"""The relay's figures as a snapshot for the appliance's management listener (see `appliance.stats`).
+
+Pure: reads the core's plain counters (`TurnServer.stats`, a Counter of names, and each live allocation's own
+packet and byte counts) once a second or at a scrape. The hot path only ever does `+= 1` on an int; nothing here
+runs per packet, and neither Twisted nor prometheus_client is imported.
+
+Core counter names read here (written by the core): `binding_requests`, `requests`, `allocations_created`,
+`allocations_refreshed`, `allocations_deleted`, `stale_nonces`, `malformed`, `permissions_denied`,
+`auth_failure <reason>`, `error_<code>`, `error_486 <cause>`, `error_508 <cause>`, the folded per-allocation
+counts of deleted allocations (`packets_from_client`, `bytes_from_client`, `packets_to_client`, `bytes_to_client`,
+`peer_packets_dropped`, `client_packets_dropped`) and `channel_data_dropped`, `send_dropped`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+TRANSPORTS = ("udp", "tcp", "tls")
+
+# The core's refusal reasons for 508, as causes (label values).
+CAPACITY_CAUSES = {
+    "": "no_relay_port",
+    "unknown or expired RESERVATION-TOKEN": "reservation_token",
+    "too many permissions on this allocation": "permission_limit",
+}
+
+
+def label(text: str) -> str:
+    """A reason as a Prometheus label value: `bad MESSAGE-INTEGRITY` -> `bad_message_integrity`."""
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "unknown"
+
+
+def relay_snapshot(stats: Mapping[str, int], allocations: Iterable[Any], info: dict) -> dict:
+    """The snapshot body: `stats` is the core's Counter, `allocations` its live Allocation objects."""
+    by_transport = dict.fromkeys(TRANSPORTS, 0)
+    clients: set[str] = set()
+    live = {"packets_from_client": 0, "bytes_from_client": 0, "packets_to_client": 0, "bytes_to_client": 0,
+            "peer_packets_dropped": 0, "client_packets_dropped": 0}
+    permissions = channels = 0
+    for a in allocations:
+        transport = a.five_tuple[0]
+        by_transport[transport] = by_transport.get(transport, 0) + 1
+        clients.add(a.five_tuple[1][0])
+        live["packets_from_client"] += a.packets_from_client
+        live["bytes_from_client"] += a.bytes_from_client
+        live["packets_to_client"] += a.packets_to_client
+        live["bytes_to_client"] += a.bytes_to_client
+        live["peer_packets_dropped"] += a.peer_packets_dropped
+        live["client_packets_dropped"] += a.client_packets_dropped
+        permissions += len(a.permissions)
+        channels += len(a.channels)
+    # Live allocations' counts are counters too: they only grow, and move into `stats` when the allocation goes.
+    total = {k: v + stats.get(k, 0) for k, v in live.items()}
+    auth_failures: dict[str, int] = {}
+    errors: dict[str, int] = {}
+    quota: dict[str, int] = {"user_quota": 0, "total_quota": 0}
+    capacity: dict[str, int] = dict.fromkeys(CAPACITY_CAUSES.values(), 0)
+    for key, value in stats.items():
+        if key.startswith("auth_failure "):
+            reason = label(key[len("auth_failure "):])
+            auth_failures[reason] = auth_failures.get(reason, 0) + value
+        elif key.startswith("error_486 "):
+            cause = key[len("error_486 "):]
+            quota[cause] = quota.get(cause, 0) + value
+        elif key.startswith("error_508 "):
+            cause = CAPACITY_CAUSES.get(key[len("error_508 "):], "other")
+            capacity[cause] = capacity.get(cause, 0) + value
+        elif key.startswith("error_") and key[6:].isdigit():
+            errors[key[6:]] = value
+    return {
+        "counters": {
+            "binding_requests": stats.get("binding_requests", 0),
+            "requests": stats.get("requests", 0),
+            "allocations_created": stats.get("allocations_created", 0),
+            "allocations_refreshed": stats.get("allocations_refreshed", 0),
+            "allocations_deleted": stats.get("allocations_deleted", 0),
+            "auth_failures": auth_failures,
+            "stale_nonces": stats.get("stale_nonces", 0),
+            "errors": errors,
+            "quota_rejections": quota,
+            "capacity_rejections": capacity,
+            "malformed": stats.get("malformed", 0),
+            "permissions_denied": stats.get("permissions_denied", 0),
+            "packets": {"client_to_peer": total["packets_from_client"], "peer_to_client": total["packets_to_client"]},
+            "bytes": {"client_to_peer": total["bytes_from_client"], "peer_to_client": total["bytes_to_client"]},
+            "dropped": {
+                "peer_without_permission": total["peer_packets_dropped"],
+                "client_without_permission": total["client_packets_dropped"],
+                "channel_data_without_allocation": stats.get("channel_data_dropped", 0),
+                "send_without_allocation": stats.get("send_dropped", 0),
+            },
+        },
+        "gauges": {
+            "allocations": by_transport,
+            "clients": len(clients),
+            "permissions": permissions,
+            "channels": channels,
+        },
+        "info": info,
+    }
