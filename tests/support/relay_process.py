@@ -128,10 +128,14 @@ class RelayProcess:
 
 
 class RawTurnClient:
-    """A deliberately small, blocking TURN client over one UDP or TCP socket, for checking exact server answers."""
+    """A deliberately small, blocking TURN client over one UDP, TCP or TLS socket, for checking exact server answers.
+
+    `source` binds the client's socket to that address first (e.g. 127.0.0.2, to be another client host on
+    loopback). Over TLS the server's certificate is not checked unless `ca_file` is given."""
 
     def __init__(self, server: tuple[str, int], username: str = "alice", password: str = "secret",
-                 transport: str = "udp", timeout: float = 2.0) -> None:
+                 transport: str = "udp", timeout: float = 2.0, source: str | None = None,
+                 ca_file: str | None = None, server_name: str = "localhost") -> None:
         self.server = server
         self.username = username
         self.password = password
@@ -139,9 +143,19 @@ class RawTurnClient:
         kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
         self.sock = socket.socket(socket.AF_INET6 if ":" in server[0] else socket.AF_INET, kind)
         self.sock.settimeout(timeout)
-        if transport == "tcp":
+        if source is not None:
+            self.sock.bind((source, 0))
+        if transport in ("tcp", "tls"):
             self.sock.connect(server)
-        else:
+            if transport == "tls":
+                import ssl
+
+                context = ssl.create_default_context(cafile=ca_file)
+                if ca_file is None:
+                    context.check_hostname = False
+                    context.verify_mode = ssl.CERT_NONE
+                self.sock = context.wrap_socket(self.sock, server_hostname=server_name)
+        elif source is None:
             self.sock.bind((server[0], 0))
         self.buffer = b""
         self.realm: str | None = None
