@@ -352,3 +352,53 @@ def chunk(data: bytes) -> list[bytes]:
 
 
 LAST_CHUNK = b"0\r\n\r\n"
+
+
+class HeadBuffer:
+    """Bytes up to a head's blank line (CRLF CRLF), searched incrementally: each byte is looked at once, a read
+    only from where the last search stopped (less 3 bytes, for a CRLF CRLF split over reads), never from byte 0.
+
+    `pop()` returns the head without its blank line, keeping what follows; over `limit` bytes without a complete
+    head it raises `HTTPError(error_status)`."""
+
+    __slots__ = ("data", "error_status", "limit", "scan")
+
+    def __init__(self, limit: int, error_status: int = 431) -> None:
+        self.data = b""
+        self.scan = 0
+        self.limit = limit
+        self.error_status = error_status
+
+    def append(self, data: bytes, skip_blank_lines: bool = False) -> None:
+        """`skip_blank_lines`: a request may be preceded by empty lines (RFC 9112 2.2), dropped here."""
+        if self.data:
+            self.data += data
+        else:
+            self.data = data.lstrip(b"\r\n") if skip_blank_lines else data
+            self.scan = 0
+
+    def strip_blank_lines(self) -> None:
+        """Before a request's first byte: drop empty lines (RFC 9112 2.2)."""
+        if self.data[:1] in (b"\r", b"\n"):
+            self.data = self.data.lstrip(b"\r\n")
+            self.scan = 0
+
+    def pop(self) -> bytes | None:
+        data = self.data
+        end = data.find(b"\r\n\r\n", self.scan - 3 if self.scan > 3 else 0)
+        if end < 0 or end > self.limit:
+            if len(data) > self.limit:
+                raise HTTPError(self.error_status, f"head over {self.limit // 1024} KiB")
+            self.scan = len(data)
+            return None
+        self.data = data[end + 4:]
+        self.scan = 0
+        return data[:end]
+
+    def take(self) -> bytes:
+        """Everything held (bytes after the last head), emptying the buffer."""
+        data, self.data, self.scan = self.data, b"", 0
+        return data
+
+    def __len__(self) -> int:
+        return len(self.data)

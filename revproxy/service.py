@@ -24,10 +24,12 @@ from twisted.logger import Logger
 
 from revproxy import config as configmod
 from revproxy import tls
+from revproxy.balancer import Balancer, Node
+from revproxy.client import ProxyFactory
 from revproxy.config import ConfigError, Listen, ProxyConfig
-from revproxy.pool import Node, NodePool
-from revproxy.proxy import ProxyContext, ProxyFactory, RedirectFactory
-from revproxy.stdtls import TLSFactory
+from revproxy.context import ProxyContext
+from revproxy.redirect import RedirectFactory
+from revproxy.tls_transport import TLSFactory
 
 log = Logger(namespace="revproxy")
 
@@ -147,8 +149,8 @@ class RevproxyService(MultiService):
         self.worker_index = worker_index
         nodes, creators = resolve_nodes(config)
         self.tls = tls.ServerTLS(certificate_path(config), config.path)
-        pool = NodePool(nodes, balance=config.balance, fail_timeout=config.fail_timeout, clock=reactor.seconds)
-        self.ctx = ProxyContext(config, pool, reactor, creators)
+        balancer = Balancer(nodes, balance=config.balance, fail_timeout=config.fail_timeout, clock=reactor.seconds)
+        self.ctx = ProxyContext(config, balancer, reactor, creators)
         self.ports: list[Any] = []
         self.workers: set[_Worker] = set()
         self.health: TimerService | None = None
@@ -224,7 +226,7 @@ class RevproxyService(MultiService):
     # -- health ----------------------------------------------------------------------------------------------
     def check_health(self) -> None:
         cfg = self.config
-        for node in list(self.ctx.pool.nodes):
+        for node in list(self.ctx.balancer.nodes):
             factory = _ProbeFactory(self, node, cfg.health_check)
             wrapped = TLSFactory(self.ctx.creators[node.key], factory)
             self.reactor.connectTCP(node.host, node.port, wrapped, timeout=cfg.connect_timeout)
@@ -232,7 +234,7 @@ class RevproxyService(MultiService):
     def health_result(self, node: Node, healthy: bool) -> None:
         if node.healthy != healthy:
             log.warn("health check: node {node} is {state}", node=node.key, state="up" if healthy else "down")
-        self.ctx.pool.set_health(node, healthy)
+        self.ctx.balancer.set_health(node, healthy)
 
     # -- drain (SIGTERM) -------------------------------------------------------------------------------------
     def stopService(self) -> defer.Deferred[None]:
@@ -243,7 +245,7 @@ class RevproxyService(MultiService):
         stopped = [defer.maybeDeferred(p.stopListening) for p in self.ports]
         self.ports = []
         for conn in list(ctx.connections):
-            if conn.exchange is None:
+            if conn.forwarder is None:
                 conn.transport.loseConnection()
         ctx.upstreams.close_idle()
         log.info("draining: {active} requests in flight, up to {t}s", active=ctx.active, t=cfg.drain_timeout)

@@ -39,7 +39,9 @@ def _affinity_score(client_ip: str, node: Node) -> float:
     return -node.weight / math.log(unit)
 
 
-class NodePool:
+class Balancer:
+    """Picks the node for each request and the failover order behind it; remembers which nodes failed."""
+
     def __init__(self, nodes: Sequence[Node], *, balance: str = "round_robin", fail_timeout: float = 10.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.nodes: list[Node] = list(nodes)

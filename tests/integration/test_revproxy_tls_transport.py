@@ -1,4 +1,4 @@
-"""`revproxy.stdtls`: the TLS transport over stdlib `ssl.SSLObject`, on loopback with real sockets.
+"""`revproxy.tls_transport`: the TLS transport over stdlib `ssl.SSLObject`, on loopback with real sockets.
 
 Each test drives its own reactor instance by hand (`spin`), so nothing touches the global reactor; a blocking
 stdlib `ssl` client in a thread stands in for a browser where the wire behaviour (close_notify) is what is checked.
@@ -22,7 +22,7 @@ from twisted.internet.selectreactor import SelectReactor
 from zope.interface import implementer
 
 from revproxy import tls
-from revproxy.stdtls import TLSFactory
+from revproxy.tls_transport import TLSFactory
 from tests.support.revproxy_process import Pki
 
 
