@@ -1,0 +1,119 @@
+"""The PIN guard's core: counting 403s per address in a window, bans that end, other addresses unaffected, bounded
+memory, the guarded path and the config table."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from revproxy.pin_guard import PinGuard, PinGuardSettings, Verdict, is_guarded, settings_from_table
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def guard(**settings) -> tuple[PinGuard, Clock]:
+    clock = Clock()
+    return PinGuard(PinGuardSettings(enabled=True, **settings), clock), clock
+
+
+def test_tenth_403_within_the_window_bans_for_ban_seconds():
+    g, clock = guard()
+    for _ in range(9):
+        assert g.record_response("192.0.2.1", 403) is False
+        clock.now += 1
+    assert g.verdict("192.0.2.1") is Verdict.ALLOW
+    assert g.record_response("192.0.2.1", 403) is True
+    assert g.verdict("192.0.2.1") is Verdict.BLOCK
+    assert g.verdict("192.0.2.2") is Verdict.ALLOW  # others unaffected
+    clock.now += 299
+    assert g.verdict("192.0.2.1") is Verdict.BLOCK
+    clock.now += 1
+    assert g.verdict("192.0.2.1") is Verdict.ALLOW
+    assert (g.failures_total, g.bans_total, g.blocked_total) == (10, 1, 2)
+
+
+def test_failures_older_than_the_window_do_not_count():
+    g, clock = guard(max_failures=3, window=10)
+    g.record_response("192.0.2.1", 403)
+    clock.now += 6
+    g.record_response("192.0.2.1", 403)
+    clock.now += 5  # the first is now 11 s old
+    assert g.record_response("192.0.2.1", 403) is False
+    assert g.record_response("192.0.2.1", 403) is True
+
+
+def test_only_403_counts():
+    g, _ = guard(max_failures=2)
+    for status in (200, 401, 404, 429, 500, 502):
+        assert g.record_response("192.0.2.1", status) is False
+    assert g.tracked() == 0
+
+
+def test_mapped_ipv6_is_the_same_client():
+    g, _ = guard(max_failures=2)
+    g.record_response("::ffff:192.0.2.7", 403)
+    g.record_response("192.0.2.7", 403)
+    assert g.verdict("::ffff:192.0.2.7") is Verdict.BLOCK and g.verdict("192.0.2.7") is Verdict.BLOCK
+
+
+def test_memory_is_bounded_under_many_addresses():
+    g, clock = guard(max_failures=2, max_clients=1000)
+    for i in range(50_000):
+        ip = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
+        g.record_response(ip, 403)
+        g.record_response(ip, 403)  # banned
+        clock.now += 0.001
+    assert g.tracked() <= 1000 and g.banned() <= 1000
+    assert g.forgotten_total >= 49_000
+    assert g.verdict("10.0.195.79") is Verdict.BLOCK  # the most recent bans are the ones kept (i = 49999)
+
+
+@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from([403, 200]), st.floats(0, 200)), max_size=200))
+def test_never_blocks_an_address_without_max_failures_403s_in_a_window(events):
+    """Model check: an address is blocked only if it had max_failures 403s within `window` before a time t,
+    and t is less than `ban` after the last of them."""
+    g, clock = guard(max_failures=3, window=50, ban=100)
+    history: dict[str, list[float]] = {}
+    for who, status, step in events:
+        clock.now += step
+        ip = f"192.0.2.{who}"
+        blocked = g.verdict(ip) is Verdict.BLOCK
+        times = history.get(ip, [])
+        could = any(clock.now < times[i + 2] + 100 and times[i + 2] - times[i] < 50 for i in range(len(times) - 2))
+        assert not blocked or could
+        if not blocked:
+            g.record_response(ip, status)
+            if status == 403:
+                history.setdefault(ip, []).append(clock.now)
+
+
+@pytest.mark.parametrize("method, target, guarded", [
+    ("POST", "/api/client/v2/conferences/meet.alice/request_token", True),
+    (b"POST", b"/api/client/v2/conferences/123/request_token?x=1", True),
+    ("GET", "/api/client/v2/conferences/meet.alice/request_token", False),
+    ("POST", "/api/client/v2/conferences/meet.alice/request_token/x", False),
+    ("POST", "/api/client/v2/conferences//request_token", False),
+    ("POST", "/api/client/v2/conferences/a/b/request_token", False),
+    ("POST", "/api/client/v2/conferences/meet.alice/release_token", False),
+])
+def test_guarded_path(method, target, guarded):
+    assert is_guarded(method, target) is guarded
+
+
+def test_config_table():
+    assert settings_from_table({}) == PinGuardSettings()
+    assert settings_from_table({"enabled": True, "max_failures": 5, "window": 60, "ban": 30.5}) == PinGuardSettings(
+        True, 5, 60.0, 30.5)
+    for table, problem in [({"enabled": "yes"}, "enabled: expected true or false"),
+                           ({"max_failures": 0}, "max_failures: expected a whole number"),
+                           ({"window": -1}, "window: expected seconds"),
+                           ({"bam": 1}, "bam: unknown key")]:
+        with pytest.raises(ValueError, match=problem):
+            settings_from_table(table)
