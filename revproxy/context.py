@@ -13,6 +13,7 @@ from revproxy.balancer import Balancer, Node
 from revproxy.config import ProxyConfig
 from revproxy.connection_pool import NodeConnections
 from revproxy.static import StaticFiles
+from revproxy.stats import ProxyStats
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
@@ -36,6 +37,7 @@ class ProxyContext:
         self.connections: set[ClientConnection] = set()
         self.guards: list[Guard] = []
         self.active = 0
+        self.stats = ProxyStats()  # plain counters, read by the management listener's snapshot
         self.draining = False
         self.webapp = StaticFiles(config.webapp_dir) if config.webapp_dir else None
 

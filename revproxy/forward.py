@@ -47,11 +47,14 @@ class Forwarder:
         self.written = False  # the whole request is written to the current node connection
         self.paused = False
         self.out: list[bytes] = []  # response bytes from one read of the node, written to the client as one
+        self.sent_at = 0.0  # when the request went to the current node (its latency figure)
+        self.open_kind = ""  # "event_streams" or "websockets" while this exchange holds one open
 
     # -- deciding --------------------------------------------------------------------------------------------
     def start(self) -> None:
         ex = self.ex
         self.ctx.active += 1
+        self.ctx.stats.requests += 1
         refusal = ex.check(self.config.max_body_size)
         if refusal is not None:
             return self.fail(refusal.status, refusal.detail)
@@ -111,6 +114,8 @@ class Forwarder:
         self.ex.connected()
         self.resume_client()
         up.transport.write(self.request_bytes)
+        self.sent_at = self.ctx.reactor.seconds()
+        self.ctx.stats.node_request(self.ex.node.key)  # type: ignore[union-attr]
         if self.store is None:
             self.written = True
             self.ex.request_sent()
@@ -184,6 +189,7 @@ class Forwarder:
         """Returns False when the response is abandoned (the next node, or a 502)."""
         ex, ctx = self.ex, self.ctx
         node = ex.node
+        ctx.stats.node_answered(node.key, ctx.reactor.seconds() - self.sent_at)  # type: ignore[union-attr]
         step, payload = ex.response_arrived(head, ctx.draining)
         if step is Step.RETRY:
             log.warn("node {node} answered {status}; retrying {method} on the next node", node=node.key,  # type: ignore[union-attr]
@@ -206,6 +212,8 @@ class Forwarder:
         conn = self.conn
         if payload.streaming:  # type: ignore[union-attr]  # /events: no read timeout; its own keep-alive events
             up.cancel_deadline()  # keep it honest, and no timers held for the life of the stream
+            self.open_kind = "event_streams"
+            ctx.stats.event_streams += 1
             if ex.request_complete:  # (a request body still arriving keeps its client_timeout)
                 conn.cancel_deadline()
         if head.framing != NONE:
@@ -247,6 +255,7 @@ class Forwarder:
         if ex.done:
             return
         node = ex.node
+        self.ctx.stats.upstream_failure(kind.value)
         verdict = ex.node_failed(kind)
         action = verdict.action
         if action is Action.ABORT:
@@ -276,6 +285,8 @@ class Forwarder:
     def start_tunnel(self, up: NodeConnection, switching: bytes) -> None:
         conn = self.conn
         conn.transport.write(switching)
+        self.open_kind = "websockets"
+        self.ctx.stats.websockets += 1
         up.set_deadline(None)
         up.tunnel = conn.transport
         conn.start_tunnel(up.transport)
@@ -327,6 +338,10 @@ class Forwarder:
         ex.finish()
         self.out = []  # a response cut off mid-way: nothing more goes to the client
         self.ctx.active -= 1
+        stats = self.ctx.stats
+        stats.response(ex.status)
+        if self.open_kind:
+            setattr(stats, self.open_kind, getattr(stats, self.open_kind) - 1)
         if self.store is not None:
             self.store.close()
         if self.config.access_log:

@@ -185,3 +185,29 @@ def test_page_escapes_what_it_shows():
     status = build_status({}, [], 0.0, 1.0)
     status["relay"]["listen"] = ["<script>x</script>"]
     assert "<script>x" not in render_page(status, 1.0)
+
+
+def test_proxy_counters_snapshot_and_latency_buckets():
+    from revproxy.stats import LATENCY_BUCKETS as PROXY_BUCKETS
+    from revproxy.stats import ProxyStats, proxy_snapshot
+
+    assert PROXY_BUCKETS == LATENCY_BUCKETS  # the services count into the buckets the exporter names
+    s = ProxyStats()
+    s.requests += 3
+    for status in (200, 204, 502):
+        s.response(status)
+    s.node_request("10.0.0.1:443")
+    s.node_answered("10.0.0.1:443", 0.004)
+    s.node_answered("10.0.0.1:443", 0.3)
+    s.node_answered("10.0.0.1:443", 99.0)
+    s.upstream_failure("connect")
+    s.event_streams += 1
+    body = proxy_snapshot(s, 2, [("10.0.0.1:443", True), ("10.0.0.2:443", False)], {"listen": {"https": "x"}})
+    c = body["counters"]
+    assert c["responses"] == {"1xx": 0, "2xx": 2, "3xx": 0, "4xx": 0, "5xx": 1}
+    latency = c["node_latency"]["10.0.0.1:443"]
+    assert latency["count"] == 3 and latency["buckets"][0] == 1 and latency["buckets"][-1] == 1
+    assert latency["buckets"][LATENCY_BUCKETS.index(0.5)] == 1
+    assert body["gauges"] == {"active": 2, "event_streams": 1, "websockets": 0}
+    assert body["info"]["nodes"] == [{"node": "10.0.0.1:443", "up": True}, {"node": "10.0.0.2:443", "up": False}]
+    json.dumps(body)

@@ -1,0 +1,74 @@
+"""The proxy's counters (plain ints and dicts, bumped by the protocols) and their snapshot for the appliance's
+management listener (`appliance.stats`).
+
+Per request the protocols do a handful of `+= 1` and one bucket search for the node's latency; prometheus_client is
+never called here — the management listener formats the snapshot when it is scraped.
+"""
+
+from __future__ import annotations
+
+import bisect
+from typing import Any
+
+# Upper bounds (seconds) of the per-node latency histogram; the same as appliance.metrics.LATENCY_BUCKETS.
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+STATUS_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+class NodeLatency:
+    __slots__ = ("buckets", "count", "sum")
+
+    def __init__(self) -> None:
+        self.buckets = [0] * (len(LATENCY_BUCKETS) + 1)  # the last one: slower than the largest bound
+        self.count = 0
+        self.sum = 0.0
+
+
+class ProxyStats:
+    """What one proxy process counted since it started."""
+
+    def __init__(self) -> None:
+        self.requests = 0
+        self.redirects = 0
+        self.responses = dict.fromkeys(STATUS_CLASSES, 0)
+        self.upstream_failures: dict[str, int] = {}
+        self.node_requests: dict[str, int] = {}
+        self.node_latency: dict[str, NodeLatency] = {}
+        self.event_streams = 0  # open now
+        self.websockets = 0  # open now
+
+    def response(self, status: int) -> None:
+        key = f"{status // 100}xx"
+        if key in self.responses:
+            self.responses[key] += 1
+
+    def node_request(self, node: str) -> None:
+        self.node_requests[node] = self.node_requests.get(node, 0) + 1
+
+    def node_answered(self, node: str, seconds: float) -> None:
+        latency = self.node_latency.get(node)
+        if latency is None:
+            latency = self.node_latency[node] = NodeLatency()
+        latency.buckets[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        latency.count += 1
+        latency.sum += seconds
+
+    def upstream_failure(self, kind: str) -> None:
+        self.upstream_failures[kind] = self.upstream_failures.get(kind, 0) + 1
+
+
+def proxy_snapshot(stats: ProxyStats, active: int, nodes: list[tuple[str, bool]], info: dict[str, Any]) -> dict:
+    """The snapshot body: `nodes` is the balancer's [(key, usable)], `info` the listen addresses and certificate."""
+    return {
+        "counters": {
+            "requests": stats.requests,
+            "redirects": stats.redirects,
+            "responses": dict(stats.responses),
+            "upstream_failures": dict(stats.upstream_failures),
+            "node_requests": dict(stats.node_requests),
+            "node_latency": {key: {"buckets": list(h.buckets), "sum": h.sum, "count": h.count}
+                             for key, h in stats.node_latency.items()},
+        },
+        "gauges": {"active": active, "event_streams": stats.event_streams, "websockets": stats.websockets},
+        "info": {**info, "nodes": [{"node": key, "up": up} for key, up in nodes]},
+    }
