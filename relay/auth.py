@@ -171,9 +171,11 @@ def _parse_line(text: str) -> UserDbEntry | None:
     key = _KEY_RE.fullmatch(secret)
     if key is not None:
         return UserDbEntry(username, key=bytes.fromhex(key.group(1)))
-    if secret.lower().startswith("0x") and all(c in "0123456789abcdefABCDEF" for c in secret[2:]):
-        # Almost certainly a mistyped key: refuse rather than treat it as a plain password.
-        raise ValueError(f"user {username!r}: a key must be 0x and 32 hex digits, got {len(secret) - 2}")
+    if secret[:2].lower() == "0x":
+        # As for coturn, "0x" starts a key: a bad one is refused rather than taken as a plain password.
+        body = secret[2:]
+        got = str(len(body)) if all(c in "0123456789abcdefABCDEF" for c in body) else "non-hex characters"
+        raise ValueError(f"user {username!r}: a key must be 0x and 32 hex digits, got {got}")
     return UserDbEntry(username, password=secret)
 
 

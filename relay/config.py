@@ -1,22 +1,21 @@
 """The relay's configuration: the `[relay]` table of the appliance's TOML file -> a frozen `RelayConfig`.
 
-Every problem is one `ConfigError` naming the file, the key and what is wrong, so an operator fixes it in one go.
-Unknown keys are errors too: a misspelt key silently ignored is a security setting silently not applied.
+Every problem is one `appliance.config.ConfigError` naming the file, the key and what is wrong, so an operator
+fixes it in one go. Unknown keys are errors too: a misspelt key silently ignored is a security setting silently not
+applied. Addresses and `workers` use the appliance's shared parsers.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
-import os
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from appliance.config import ConfigError, load_table, parse_hostport, parse_workers
 
-class ConfigError(ValueError):
-    """A bad configuration: the message names the file and the key."""
+TABLE = "relay"
 
 
 @dataclass(frozen=True)
@@ -44,30 +43,6 @@ class RelayConfig:
 
 
 _KEYS = {f.name for f in dataclasses.fields(RelayConfig)} - {"source"}
-
-
-def parse_hostport(text: str, *, default_port: int | None = None) -> tuple[str, int]:
-    """'1.2.3.4:3478', '[::]:3478' or (with a default port) a bare address -> (host, port)."""
-    text = text.strip()
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"{text!r} is not [IPv6]:port")
-        port_text = rest[1:]
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    elif default_port is not None:
-        host, port_text = text, ""
-    else:
-        raise ValueError(f"{text!r} is not address:port")
-    ipaddress.ip_address(host)
-    if not port_text:
-        if default_port is None:
-            raise ValueError(f"{text!r} has no port")
-        return host, default_port
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"{text!r} has no valid port (1-65535)")
-    return host, int(port_text)
 
 
 def _check_ip(value: Any) -> str:
@@ -103,7 +78,7 @@ def _check_listen(value: Any) -> tuple[tuple[str, int], ...]:
         value = [value]
     if not isinstance(value, list) or not value:
         raise ValueError('must be a list of "address:port" strings, e.g. ["0.0.0.0:3478"]')
-    return tuple(parse_hostport(v, default_port=3478) for v in value)
+    return tuple(parse_hostport(v, default_port=3478, numeric=True) for v in value)
 
 
 def _check_users(value: Any) -> dict[str, str]:
@@ -125,12 +100,6 @@ def _check_secret(value: Any) -> str:
     return value
 
 
-def _check_workers(value: Any) -> int:
-    if value == "auto":
-        return os.cpu_count() or 1
-    return _check_int(1, 256)(value)
-
-
 _CHECKS = {
     "listen": _check_listen,
     "realm": _check_str,
@@ -144,7 +113,7 @@ _CHECKS = {
     "users": _check_users,
     "user_quota": _check_int(0, 10_000_000),
     "total_quota": _check_int(0, 10_000_000),
-    "workers": _check_workers,
+    "workers": parse_workers,
     "software": _check_str,
     "default_lifetime": _check_int(30, 86400),
     "max_lifetime": _check_int(30, 86400),
@@ -159,37 +128,22 @@ def relay_config_from_table(table: Mapping[str, Any], source: str = "<config>") 
     values: dict[str, Any] = {}
     for key, raw in table.items():
         if key not in _CHECKS:
-            raise ConfigError(f"{source}: [relay] {key}: unknown key (known: {', '.join(sorted(_KEYS))})")
+            raise ConfigError(source, TABLE, key, f"unknown key (known: {', '.join(sorted(_KEYS))})")
         try:
             values[key] = _CHECKS[key](raw)
         except ValueError as exc:
-            raise ConfigError(f"{source}: [relay] {key}: {exc}") from None
+            raise ConfigError(source, TABLE, key, str(exc)) from None
     config = RelayConfig(**values, source=source)
     if config.min_port > config.max_port:
-        raise ConfigError(f"{source}: [relay] min_port: {config.min_port} is above max_port {config.max_port}")
+        raise ConfigError(source, TABLE, "min_port", f"{config.min_port} is above max_port {config.max_port}")
     if config.default_lifetime > config.max_lifetime:
-        raise ConfigError(f"{source}: [relay] default_lifetime: above max_lifetime {config.max_lifetime}")
+        raise ConfigError(source, TABLE, "default_lifetime", f"above max_lifetime {config.max_lifetime}")
     if config.userdb is None and not config.users:
-        raise ConfigError(f"{source}: [relay] users: no credentials: set [relay.users] or userdb")
+        raise ConfigError(source, TABLE, "users", "no credentials: set [relay.users] or userdb")
     return config
-
-
-def read_toml(path: str) -> dict[str, Any]:
-    """The whole TOML file; a missing or unparsable file is one ConfigError naming it."""
-    try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
 
 
 def load_relay_config(path: str, overrides: Mapping[str, Any] | None = None) -> RelayConfig:
     """Read the `[relay]` table of `path`, apply command-line overrides, validate."""
-    document = read_toml(path)
-    table = document.get("relay", {})
-    if not isinstance(table, dict):
-        raise ConfigError(f"{path}: [relay]: must be a table")
-    merged = {**table, **(overrides or {})}
+    merged = {**load_table(path, TABLE), **(overrides or {})}
     return relay_config_from_table(merged, source=path)

@@ -1,25 +1,30 @@
-"""makeService(config) -> the relay as a Twisted service: listeners, the expiry sweep, SIGHUP reload.
+"""makeService(config) -> the relay as a Twisted service: listeners, the expiry sweep, reload.
 
 Builds the pure core (`TurnServer` with its credential store, nonce issuer, peer policy and port pool) and the
 Twisted shell around it. Everything is passed in, so tests can hand over their own reactor.
+
+`plan(config, overrides, reactor)` is what the twistd plugins use: it checks at start what only this host can tell
+(the listen ports are free, `relay_ip` is one of our addresses, the userdb reads) as one-line ConfigErrors, and
+gives the appliance layer either this service with its listeners already bound (`workers = 1`) or the relay's
+worker group (`relay.workers`). SIGHUP reaches `RelayService.reload` through `appliance.signals`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
-import resource
-import signal
 import socket
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
-from twisted.internet.interfaces import IReactorCore
 from twisted.logger import Logger
 
+from appliance.limits import raise_open_files_limit as raise_limit
+from appliance.sockets import Listener, bind_all, check_local_address
+from appliance.startup import ServicePlan
 from relay.allocation import TurnServer, TurnSettings
 from relay.auth import CredentialStore, NonceIssuer, UserDbError
-from relay.config import ConfigError, RelayConfig, load_relay_config
+from relay.config import TABLE, ConfigError, RelayConfig, load_relay_config
 from relay.policy import PeerPolicy
 from relay.ports import PortPool
 from relay.quota import LocalQuota, Quota
@@ -59,14 +64,7 @@ def advertised_relay_ip(config: RelayConfig) -> str:
 
 def raise_open_files_limit() -> int:
     """Each allocation holds a socket: raise RLIMIT_NOFILE to the hard limit and say what we got."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1_048_576
-    if soft < target:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-        except (ValueError, OSError) as exc:
-            log.warn("could not raise the open-files limit from {soft}: {error}", soft=soft, error=exc)
+    soft, _hard = raise_limit()
     log.info("open-files limit {limit} (each allocation holds one socket)", limit=soft)
     return soft
 
@@ -163,28 +161,21 @@ class RelayService(Service):
         except (ConfigError, UserDbError, OSError) as exc:
             log.error("reload failed, keeping the running configuration: {error}", error=exc)
             return
-        if new.listen != self.config.listen or (new.min_port, new.max_port) != (
-            self.config.min_port, self.config.max_port,
-        ):
-            log.warn("listen addresses and the port range change only on restart")
+        changed = [key for key in ("listen", "min_port", "max_port", "relay_ip", "workers")
+                   if getattr(new, key) != getattr(self.config, key)]
+        if changed:
+            log.warn("{keys} changed in {source}: that needs a restart; running on with the old values",
+                     keys=", ".join(changed), source=source)
         self.core.reconfigure(
             settings=turn_settings(new, self.relay_ip),
             credentials=credentials,
             policy=peer_policy(new, self.relay_ip),
         )
         self.config = dataclasses.replace(new, listen=self.config.listen, min_port=self.config.min_port,
-                                          max_port=self.config.max_port)
+                                          max_port=self.config.max_port, relay_ip=self.config.relay_ip,
+                                          workers=self.config.workers)
         log.info("configuration reloaded from {source}: {users} inline users, userdb {userdb}",
                  source=source, users=len(new.users), userdb=new.userdb)
-
-
-def install_sighup(reactor: IReactorCore, reload) -> None:
-    """The reactor leaves SIGHUP at its default (terminate): make it a reload instead."""
-
-    def on_sighup(signum, frame):
-        reactor.callFromThread(reload)
-
-    signal.signal(signal.SIGHUP, on_sighup)
 
 
 def makeService(config: RelayConfig, reactor=None, *, nonce_secret: bytes | None = None, inherited: list | None = None,
@@ -204,7 +195,6 @@ def makeService(config: RelayConfig, reactor=None, *, nonce_secret: bytes | None
     stats = TimerService(60.0, log_stats, relay.core)
     stats.clock = reactor
     stats.setServiceParent(top)
-    reactor.callWhenRunning(install_sighup, reactor, relay.reload)
     top.relay = relay  # type: ignore[attr-defined]
     return top
 
@@ -212,3 +202,34 @@ def makeService(config: RelayConfig, reactor=None, *, nonce_secret: bytes | None
 def log_stats(core: TurnServer) -> None:
     log.info("relay stats: {allocations} allocations, {counters}",
              allocations=len(core.allocations), counters=dict(core.stats))
+
+
+def listeners(config: RelayConfig) -> list[Listener]:
+    """A UDP and a TCP listener per `listen` entry, in that order."""
+    return [Listener(kind, host, port, TABLE, "listen") for host, port in config.listen for kind in ("udp", "tcp")]
+
+
+def check_host(config: RelayConfig) -> None:
+    """What only this host can tell, as one ConfigError: `relay_ip` is ours, the userdb reads and parses."""
+    source = config.source or "<config>"
+    if config.relay_ip and config.relay_ip not in WILDCARDS:
+        check_local_address(source, TABLE, "relay_ip", config.relay_ip)
+    try:
+        CredentialStore(config.realm, config.users, config.userdb)
+    except UserDbError as exc:
+        raise ConfigError(source, TABLE, "userdb", str(exc)) from None
+    except ValueError as exc:
+        raise ConfigError(source, TABLE, "users", str(exc)) from None
+
+
+def plan(config: RelayConfig, overrides: dict | None, reactor) -> ServicePlan:
+    """The relay's part of a process, checked and bound: a ConfigError is a reason not to start."""
+    check_host(config)
+    if config.workers > 1:
+        from relay.workers import worker_group
+
+        return ServicePlan("relay", group=worker_group(config, overrides or {}))
+    bound = bind_all(listeners(config), config.source or "<config>")
+    pairs = list(zip(bound[0::2], bound[1::2], strict=True))
+    service = makeService(config, reactor, inherited=pairs, overrides=overrides)
+    return ServicePlan("relay", service=service, reload=service.relay.reload)

@@ -1,10 +1,14 @@
-"""`twistd relay`: command-line options -> RelayConfig -> service. Options override the config file."""
+"""`twistd relay`: command-line options -> RelayConfig -> service. Options override the config file.
+
+A bad option is twistd's usage error; a bad config (or a port in use, a `relay_ip` not on this host, an unreadable
+userdb) is one line `FILE: [relay] key: problem` and exit status 1, from makeService (`appliance.startup`).
+"""
 
 from __future__ import annotations
 
 from twisted.python import usage
 
-from relay.config import ConfigError, load_relay_config
+from relay.config import load_relay_config
 
 
 class Options(usage.Options):
@@ -65,11 +69,7 @@ class Options(usage.Options):
         return out
 
     def postOptions(self) -> None:
-        try:
-            self.config_overrides = self.overrides()
-            self.config = load_relay_config(self["config"], self.config_overrides)
-        except ConfigError as exc:
-            raise usage.UsageError(str(exc)) from None
+        self.config_overrides = self.overrides()
 
 
 def _int(text: str, name: str) -> int:
@@ -81,15 +81,13 @@ def _int(text: str, name: str) -> int:
 
 def makeService(options: Options):
     # Imported here to keep `twistd --help` light.
-    from relay.service import makeService as make
+    from twisted.internet import reactor
 
-    if options.config.workers > 1:
-        from twisted.application.service import MultiService
-        from twisted.internet import reactor
+    from appliance.startup import build_process, exit_on_config_error
+    from relay.service import plan
 
-        from relay.workers import WorkerSupervisor
+    def make():
+        config = load_relay_config(options["config"], options.config_overrides)
+        return build_process([plan(config, options.config_overrides, reactor)], reactor)
 
-        top = MultiService()
-        WorkerSupervisor(options.config, reactor, options.config_overrides).setServiceParent(top)
-        return top
-    return make(options.config, overrides=options.config_overrides)
+    return exit_on_config_error(make)

@@ -1,28 +1,27 @@
 """The `[revproxy]` table of the appliance's TOML file -> a frozen `ProxyConfig`.
 
-Every bad value is one `ConfigError` naming the file, the key and what is wrong; nothing here touches the network
-(node names are resolved by the service, once per load).
+Every bad value is one `appliance.config.ConfigError` naming the file, the key and what is wrong; nothing here
+touches the network (node names are resolved by the service, once per load). Addresses and `workers` use the
+appliance's shared parsers.
 """
 
 from __future__ import annotations
 
 import os
 import socket
-import tomllib
 from dataclasses import dataclass, field
-from ipaddress import ip_address
 from typing import Any
+
+from appliance import config as shared
+from appliance.config import ConfigError, format_hostport, parse_hostport
 
 TABLE = "revproxy"
 MiB = 1024 * 1024
 
 
-class ConfigError(Exception):
-    """A bad configuration: the file, the key and what is wrong, in one line."""
-
-    def __init__(self, path: str, key: str, problem: str) -> None:
-        self.path, self.key, self.problem = path, key, problem
-        super().__init__(f"{path}: [{TABLE}] {key}: {problem}")
+def error(path: str, key: str, problem: str) -> ConfigError:
+    """A ConfigError in the `[revproxy]` table."""
+    return ConfigError(path, TABLE, key, problem)
 
 
 @dataclass(frozen=True)
@@ -31,7 +30,7 @@ class Listen:
     port: int
 
     def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_hostport(self.host, self.port)
 
 
 @dataclass(frozen=True)
@@ -44,7 +43,7 @@ class NodeSpec:
 
     @property
     def name(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+        return format_hostport(self.host, self.port)
 
 
 @dataclass(frozen=True)
@@ -83,42 +82,15 @@ _STRINGS = ("certificate", "hostname", "self_signed", "ca_file", "health_check",
 _KNOWN = {f for f in ProxyConfig.__dataclass_fields__ if f != "path"} | {"weights"}
 
 
-def parse_hostport(text: str, default_port: int | None = None) -> tuple[str, int]:
-    """`"10.0.0.1:443"`, `"[::1]:443"`, `"node.example.com:443"` -> (host, port); raises ValueError."""
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"{text!r} is not [address]:port")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.rpartition(":")
-        if not sep:
-            host, port_text = text, ""
-        elif ":" in host:
-            raise ValueError(f"{text!r}: put IPv6 addresses in brackets, as [::1]:443")
-    if not port_text:
-        if default_port is None:
-            raise ValueError(f"{text!r} has no port")
-        port = default_port
-    else:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"{text!r}: port must be 1-65535")
-        port = int(port_text)
-    if not host:
-        raise ValueError(f"{text!r} has no host")
-    return host, port
-
-
 def _listen(path: str, key: str, value: Any) -> Listen | None:
     if value in ("", False):
         return None
     if not isinstance(value, str):
-        raise ConfigError(path, key, f"expected \"address:port\" or \"\" (off), got {value!r}")
+        raise error(path, key, f"expected \"address:port\" or \"\" (off), got {value!r}")
     try:
-        host, port = parse_hostport(value)
-        ip_address(host)
+        host, port = parse_hostport(value, numeric=True)
     except ValueError as e:
-        raise ConfigError(path, key, f"expected \"address:port\" with a numeric address: {e}") from None
+        raise error(path, key, f"expected \"address:port\" with a numeric address: {e}") from None
     return Listen(host, port)
 
 
@@ -126,7 +98,7 @@ def from_table(table: dict[str, Any], path: str = "<config>") -> ProxyConfig:
     """Validate one `[revproxy]` table (already merged with option overrides)."""
     unknown = sorted(set(table) - _KNOWN)
     if unknown:
-        raise ConfigError(path, unknown[0], f"unknown key (known: {', '.join(sorted(_KNOWN))})")
+        raise error(path, unknown[0], f"unknown key (known: {', '.join(sorted(_KNOWN))})")
     values: dict[str, Any] = {"path": path}
     for key in ("https", "http"):
         if key in table:
@@ -134,91 +106,76 @@ def from_table(table: dict[str, Any], path: str = "<config>") -> ProxyConfig:
     for key in _STRINGS:
         if key in table:
             if not isinstance(table[key], str):
-                raise ConfigError(path, key, f"expected a string, got {table[key]!r}")
+                raise error(path, key, f"expected a string, got {table[key]!r}")
             values[key] = table[key]
     for key in _FLOATS:
         if key in table:
             v = table[key]
             if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
-                raise ConfigError(path, key, f"expected a positive number of seconds, got {v!r}")
+                raise error(path, key, f"expected a positive number of seconds, got {v!r}")
             values[key] = float(v)
     for key in ("max_body_size", "upstream_keepalive"):
         if key in table:
             v = table[key]
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise ConfigError(path, key, f"expected a whole number >= 0, got {v!r}")
+                raise error(path, key, f"expected a whole number >= 0, got {v!r}")
             values[key] = v
     for key in ("verify_nodes", "access_log"):
         if key in table:
             if not isinstance(table[key], bool):
-                raise ConfigError(path, key, f"expected true or false, got {table[key]!r}")
+                raise error(path, key, f"expected true or false, got {table[key]!r}")
             values[key] = table[key]
     if "balance" in table:
         if table["balance"] not in BALANCES:
-            raise ConfigError(path, "balance", f"expected one of {', '.join(BALANCES)}, got {table['balance']!r}")
+            raise error(path, "balance", f"expected one of {', '.join(BALANCES)}, got {table['balance']!r}")
         values["balance"] = table["balance"]
     if "workers" in table:
-        v = table["workers"]
-        if v == "auto":
-            v = os.cpu_count() or 1
-        if isinstance(v, bool) or not isinstance(v, int) or not 1 <= v <= 256:
-            raise ConfigError(path, "workers", f"expected 1-256 or \"auto\", got {table['workers']!r}")
-        values["workers"] = v
+        values["workers"] = shared.checked(path, TABLE, "workers", shared.parse_workers, table["workers"])
     values["nodes"] = _nodes(path, table.get("nodes", []), table.get("weights", {}))
     wp = values.get("webapp_path", "/webapp/")
     if not (wp.startswith("/") and wp.endswith("/")):
-        raise ConfigError(path, "webapp_path", f"must start and end with '/', got {wp!r}")
+        raise error(path, "webapp_path", f"must start and end with '/', got {wp!r}")
     hc = values.get("health_check", "")
     if hc and not hc.startswith("/"):
-        raise ConfigError(path, "health_check", f"must be a path starting with '/', got {hc!r}")
+        raise error(path, "health_check", f"must be a path starting with '/', got {hc!r}")
     wd = values.get("webapp_dir", "")
     if wd and not os.path.isdir(wd):
-        raise ConfigError(path, "webapp_dir", f"{wd!r} is not a directory")
+        raise error(path, "webapp_dir", f"{wd!r} is not a directory")
     ca = values.get("ca_file", "")
     if ca and not os.path.isfile(ca):
-        raise ConfigError(path, "ca_file", f"{ca!r} does not exist")
+        raise error(path, "ca_file", f"{ca!r} does not exist")
     if values.get("https", ProxyConfig.https) is None:
-        raise ConfigError(path, "https", "the HTTPS listener cannot be turned off")
+        raise error(path, "https", "the HTTPS listener cannot be turned off")
     return ProxyConfig(**values)
 
 
 def _nodes(path: str, nodes: Any, weights: Any) -> tuple[NodeSpec, ...]:
     if not isinstance(nodes, list) or not nodes or not all(isinstance(n, str) for n in nodes):
-        raise ConfigError(path, "nodes", f"expected a non-empty list of \"address:port\" strings, got {nodes!r}")
+        raise error(path, "nodes", f"expected a non-empty list of \"address:port\" strings, got {nodes!r}")
     if not isinstance(weights, dict):
-        raise ConfigError(path, "weights", f"expected a table of \"address:port\" = weight, got {weights!r}")
+        raise error(path, "weights", f"expected a table of \"address:port\" = weight, got {weights!r}")
     out: list[NodeSpec] = []
     for text in nodes:
         try:
             host, port = parse_hostport(text, default_port=443)
         except ValueError as e:
-            raise ConfigError(path, "nodes", str(e)) from None
+            raise error(path, "nodes", str(e)) from None
         spec = NodeSpec(host, port)
         if any(n.name == spec.name for n in out):
-            raise ConfigError(path, "nodes", f"{text!r} is listed twice")
+            raise error(path, "nodes", f"{text!r} is listed twice")
         out.append(spec)
     by_name = {n.name: n for n in out}
     for name, weight in weights.items():
         if name not in by_name:
-            raise ConfigError(path, "weights", f"{name!r} is not one of the nodes")
+            raise error(path, "weights", f"{name!r} is not one of the nodes")
         if isinstance(weight, bool) or not isinstance(weight, int) or not 1 <= weight <= 1000:
-            raise ConfigError(path, "weights", f"{name}: expected a weight 1-1000, got {weight!r}")
+            raise error(path, "weights", f"{name}: expected a weight 1-1000, got {weight!r}")
         by_name[name] = NodeSpec(by_name[name].host, by_name[name].port, weight)
     return tuple(by_name[n.name] for n in out)
 
 
 def load(path: str, overrides: dict[str, Any] | None = None) -> ProxyConfig:
     """Read `path`'s `[revproxy]` table, apply `overrides` (command-line options win), validate."""
-    try:
-        with open(path, "rb") as f:
-            document = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(path, "-", "file not found") from None
-    except (OSError, tomllib.TOMLDecodeError) as e:
-        raise ConfigError(path, "-", f"cannot read: {e}") from None
-    table = document.get(TABLE)
-    if not isinstance(table, dict):
-        raise ConfigError(path, "-", f"no [{TABLE}] table")
-    merged = dict(table)
+    merged = dict(shared.load_table(path, TABLE, required=True))
     merged.update(overrides or {})
     return from_table(merged, path)

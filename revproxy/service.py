@@ -1,32 +1,32 @@
-"""`makeService(config, reactor)`: the proxy's listeners, health checks, SIGHUP reload and SIGTERM drain.
+"""`makeService(config, reactor)`: the proxy's listeners, health checks, reload and SIGTERM drain.
 
 Everything the proxy needs is built here and passed in (reactor included) so tests and the benchmark can inject
-their own. With `workers = N` this process is worker 0 and starts N-1 more (`revproxy.workers`), all listening
-on the same ports with SO_REUSEPORT; SIGHUP and SIGTERM are forwarded to them.
+their own. `plan(config, overrides, reactor)` is what the twistd plugins use: it binds the listeners at start (a
+port in use is one ConfigError line) and gives the appliance layer either this service (`workers = 1`) or the
+proxy's worker group (`revproxy.workers`) for the shared supervisor, which holds the sockets and replaces a dead
+worker. SIGHUP reaches `RevproxyService.reload` through `appliance.signals`.
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import resource
-import signal
 import socket
-import sys
 from typing import Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 from twisted.internet import defer
-from twisted.internet.protocol import ClientFactory, ProcessProtocol, Protocol
+from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 
+from appliance import certs
+from appliance.limits import raise_open_files_limit
+from appliance.sockets import Listener, bind_all, bind_tcp
+from appliance.startup import ServicePlan
 from revproxy import config as configmod
 from revproxy import tls
 from revproxy.balancer import Balancer, Node
 from revproxy.client import ProxyFactory
-from revproxy.config import ConfigError, Listen, ProxyConfig
+from revproxy.config import ConfigError, ProxyConfig
 from revproxy.context import ProxyContext
 from revproxy.redirect import RedirectFactory
 from revproxy.tls_transport import TLSFactory
@@ -46,7 +46,7 @@ def resolve_nodes(config: ProxyConfig) -> tuple[list[Node], dict[str, object]]:
             try:
                 address = socket.getaddrinfo(spec.host, spec.port, type=socket.SOCK_STREAM)[0][4][0]
             except OSError as e:
-                raise ConfigError(config.path, "nodes", f"cannot resolve {spec.host!r}: {e}") from None
+                raise configmod.error(config.path, "nodes", f"cannot resolve {spec.host!r}: {e}") from None
             server_name = spec.host
         nodes.append(Node(spec.name, address, spec.port, server_name, spec.weight))
         creators[spec.name] = tls.client_creator(address, server_name, config.verify_nodes, config.ca_file)
@@ -57,37 +57,43 @@ def certificate_path(config: ProxyConfig) -> str:
     if config.certificate:
         return config.certificate
     try:
-        return tls.ensure_self_signed(config.self_signed, config.hostname)
+        return certs.ensure_self_signed(config.self_signed, config.hostname)
     except OSError as e:
-        raise ConfigError(config.path, "self_signed", f"cannot write {config.self_signed}: {e.strerror}") from None
+        raise configmod.error(config.path, "self_signed", f"cannot write {config.self_signed}: {e.strerror}") from None
 
 
-def listen(reactor: Any, where: Listen, factory: Any, reuse_port: bool) -> Any:
-    """A listening TCP port, with SO_REUSEPORT when several workers share it."""
-    family = socket.AF_INET6 if ":" in where.host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+def server_tls(config: ProxyConfig, current: certs.ServerTLS | None = None) -> certs.ServerTLS:
+    """A ServerTLS for the configured bundle, or `current` switched to it; a bad bundle is a ConfigError and
+    `current` stays as it was."""
+    path = certificate_path(config)
     try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((where.host, where.port))
-        sock.listen(4096)
-        sock.setblocking(False)
-        return reactor.adoptStreamPort(sock.fileno(), family, factory)
+        if current is None:
+            return certs.ServerTLS(path)
+        current.reload(path)
+        return current
+    except certs.BundleError as e:
+        raise configmod.error(config.path, "certificate", str(e)) from None
+
+
+def adopt(reactor: Any, sock: socket.socket, factory: Any) -> Any:
+    """A listening port over a bound, listening socket (the reactor keeps its own duplicate descriptor)."""
+    try:
+        return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
     finally:
         sock.close()
 
 
+def listeners(config: ProxyConfig) -> list[Listener]:
+    """https, then http if on."""
+    found = [Listener("tcp", config.https.host, config.https.port, configmod.TABLE, "https")]
+    if config.http is not None:
+        found.append(Listener("tcp", config.http.host, config.http.port, configmod.TABLE, "http"))
+    return found
+
+
 def raise_nofile() -> None:
     """Each /events stream holds two sockets: raise the open-files limit towards the hard limit."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    target = hard if hard != resource.RLIM_INFINITY else 1 << 20
-    if soft < target:
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-    log.info("open-files limit {limit}", limit=resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    log.info("open-files limit {limit}", limit=raise_open_files_limit()[0])
 
 
 class _Probe(Protocol):
@@ -129,30 +135,20 @@ class _ProbeFactory(ClientFactory):
         self.service.health_result(self.node, False)
 
 
-class _Worker(ProcessProtocol):
-    def __init__(self, service: RevproxyService, index: int) -> None:
-        self.service, self.index = service, index
-        self.ended: defer.Deferred[None] = defer.Deferred()
-
-    def processEnded(self, reason: Any) -> None:
-        log.info("worker {index} exited ({reason})", index=self.index, reason=reason.getErrorMessage())
-        self.service.workers.discard(self)
-        self.ended.callback(None)
-
-
 class RevproxyService(MultiService):
     def __init__(self, config: ProxyConfig, reactor: Any, overrides: dict[str, Any] | None = None,
-                 worker_index: int = 0) -> None:
+                 worker_index: int = 0, sockets: list[socket.socket] | None = None) -> None:
         super().__init__()
         self.reactor = reactor
         self.overrides = overrides or {}
         self.worker_index = worker_index
+        # Bound listening sockets (https, then http) from plan() or the supervisor; None: bind them at start.
+        self.sockets = sockets
         nodes, creators = resolve_nodes(config)
-        self.tls = tls.ServerTLS(certificate_path(config), config.path)
+        self.tls = server_tls(config)
         balancer = Balancer(nodes, balance=config.balance, fail_timeout=config.fail_timeout, clock=reactor.seconds)
         self.ctx = ProxyContext(config, balancer, reactor, creators)
         self.ports: list[Any] = []
-        self.workers: set[_Worker] = set()
         self.health: TimerService | None = None
         self._set_health(config)
 
@@ -171,11 +167,12 @@ class RevproxyService(MultiService):
 
     def privilegedStartService(self) -> None:
         cfg = self.config
-        reuse = cfg.workers > 1
-        factory = TLSFactory(self.tls, ProxyFactory(self.ctx))
-        self.ports.append(listen(self.reactor, cfg.https, factory, reuse))
+        sockets, self.sockets = self.sockets, None
+        if sockets is None:
+            sockets = [bind_tcp(lst.host, lst.port) for lst in listeners(cfg)]
+        self.ports.append(adopt(self.reactor, sockets[0], TLSFactory(self.tls, ProxyFactory(self.ctx))))
         if cfg.http is not None:
-            self.ports.append(listen(self.reactor, cfg.http, RedirectFactory(self.ctx), reuse))
+            self.ports.append(adopt(self.reactor, sockets[1], RedirectFactory(self.ctx)))
         super().privilegedStartService()
 
     def startService(self) -> None:
@@ -184,25 +181,9 @@ class RevproxyService(MultiService):
         super().startService()
         cfg = self.config
         raise_nofile()
-        if self.worker_index == 0:
-            with contextlib.suppress(ValueError):  # not the main thread (tests): no signals
-                signal.signal(signal.SIGHUP, lambda *_: self.reactor.callFromThread(self.reload))
-            for i in range(1, cfg.workers):
-                self.spawn_worker(i)
         log.info("revproxy listening on https {https}{http}, nodes {nodes}, balance {balance}, worker {index}",
                  https=str(cfg.https), http=f" and http {cfg.http}" if cfg.http else "",
                  nodes=", ".join(n.name for n in cfg.nodes), balance=cfg.balance, index=self.worker_index)
-
-    def spawn_worker(self, index: int) -> None:
-        w = _Worker(self, index)
-        args = [sys.executable, "-m", "revproxy.workers", self.config.path, json.dumps(self.overrides), str(index)]
-        self.reactor.spawnProcess(w, sys.executable, args, env=os.environ.copy(), childFDs={0: 0, 1: 1, 2: 2})
-        self.workers.add(w)
-
-    def signal_workers(self, name: str) -> None:
-        for w in list(self.workers):
-            with contextlib.suppress(Exception):
-                w.transport.signalProcess(name)
 
     # -- reload (SIGHUP) -------------------------------------------------------------------------------------
     def reload(self) -> None:
@@ -211,17 +192,18 @@ class RevproxyService(MultiService):
         try:
             new = configmod.load(old.path, self.overrides)
             nodes, creators = resolve_nodes(new)
-            self.tls.reload(certificate_path(new), new.path)
+            server_tls(new, self.tls)
         except ConfigError as e:
             log.error("reload refused, the running configuration stays: {error}", error=str(e))
             return
-        if (new.https, new.http, new.workers) != (old.https, old.http, old.workers):
-            log.warn("listener addresses and workers change only on restart")
+        changed = [key for key in ("https", "http", "workers") if getattr(new, key) != getattr(old, key)]
+        if changed:
+            log.warn("{keys} changed in {path}: that needs a restart; running on with the old values",
+                     keys=", ".join(changed), path=new.path)
         self.ctx.apply(new, nodes, creators)
         if (new.health_check, new.health_interval) != (old.health_check, old.health_interval):
             self._set_health(new)
         log.info("reloaded {path}: nodes {nodes}", path=new.path, nodes=", ".join(n.name for n in new.nodes))
-        self.signal_workers("HUP")
 
     # -- health ----------------------------------------------------------------------------------------------
     def check_health(self) -> None:
@@ -241,7 +223,6 @@ class RevproxyService(MultiService):
         """Stop accepting, let requests finish for drain_timeout, then close whatever is left."""
         ctx, cfg = self.ctx, self.config
         ctx.draining = True
-        self.signal_workers("TERM")
         stopped = [defer.maybeDeferred(p.stopListening) for p in self.ports]
         self.ports = []
         for conn in list(ctx.connections):
@@ -253,7 +234,7 @@ class RevproxyService(MultiService):
         deadline = self.reactor.seconds() + cfg.drain_timeout
 
         def poll() -> None:
-            if (ctx.active == 0 and not self.workers) or self.reactor.seconds() >= deadline:
+            if ctx.active == 0 or self.reactor.seconds() >= deadline:
                 for conn in list(ctx.connections):
                     conn.transport.abortConnection()
                 for up in list(ctx.upstreams.all):
@@ -276,3 +257,22 @@ def makeService(config: ProxyConfig, reactor: Any = None, overrides: dict[str, A
 
         reactor = default_reactor
     return RevproxyService(config, reactor, overrides, worker_index)
+
+
+def check_host(config: ProxyConfig) -> None:
+    """What the start needs from this host besides the ports, as one ConfigError: node names resolve, the
+    certificate reads (or the self-signed one can be written)."""
+    resolve_nodes(config)
+    server_tls(config)
+
+
+def plan(config: ProxyConfig, overrides: dict[str, Any] | None, reactor: Any) -> ServicePlan:
+    """The proxy's part of a process, checked and bound: a ConfigError is a reason not to start."""
+    if config.workers > 1:
+        check_host(config)
+        from revproxy.workers import worker_group
+
+        return ServicePlan("revproxy", group=worker_group(config, overrides or {}))
+    service = makeService(config, reactor, overrides)  # resolves the nodes and reads the certificate
+    service.sockets = bind_all(listeners(config), config.path)
+    return ServicePlan("revproxy", service=service, reload=service.reload)

@@ -6,13 +6,11 @@ the file, the key and what is wrong (exit status 1).
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from twisted.python import usage
 
 from revproxy import config as configmod
-from revproxy.config import ConfigError
 
 
 class Options(usage.Options):
@@ -54,11 +52,15 @@ class Options(usage.Options):
 
 
 def makeService(options: Options) -> Any:
+    from twisted.internet import reactor
+
+    from appliance.startup import build_process, exit_on_config_error
     from revproxy import service
 
     overrides = options.overrides()
-    try:
+
+    def make() -> Any:
         cfg = configmod.load(options["config"], overrides)
-        return service.makeService(cfg, overrides=overrides)
-    except ConfigError as e:
-        sys.exit(f"revproxy: {e}")
+        return build_process([service.plan(cfg, overrides, reactor)], reactor)
+
+    return exit_on_config_error(make)

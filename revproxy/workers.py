@@ -1,53 +1,38 @@
-"""A worker process for `workers = N`: the same proxy on the same ports (SO_REUSEPORT), started by worker 0.
+"""`workers = N`: the proxy's worker group under the appliance's supervisor (`appliance.supervisor`).
 
-`python -m revproxy.workers <config path> <overrides json> <index>`. It logs to stdout like its parent, drains
-on SIGTERM, reloads on SIGHUP, and exits when its parent goes away.
+N proxy processes share the https and http ports with SO_REUSEPORT; the supervisor binds the sockets, keeps them
+across worker restarts and replaces a dead worker. Each worker reads the config file itself (path and command-line
+overrides are in its spec), so a SIGHUP the supervisor passes on reloads nodes and certificate in every worker, and
+drains on SIGTERM like the single-process proxy.
 """
 
 from __future__ import annotations
 
-import json
-import os
-import signal
-import sys
+import socket
+from typing import Any
 
-from twisted.internet.task import LoopingCall
-from twisted.logger import Logger, globalLogBeginner, textFileLogObserver
-
+from appliance.supervisor import WorkerGroup
 from revproxy import config as configmod
-from revproxy import service
-from revproxy.config import ConfigError
+from revproxy.config import ProxyConfig
 
-log = Logger(namespace="revproxy")
-
-
-def main(argv: list[str] | None = None) -> int:
-    path, overrides_json, index = (argv or sys.argv[1:])[:3]
-    from twisted.internet import reactor
-
-    globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout)], redirectStandardIO=False)
-    overrides = json.loads(overrides_json)
-    try:
-        cfg = configmod.load(path, overrides)
-        svc = service.makeService(cfg, reactor, overrides, worker_index=int(index))
-    except ConfigError as e:
-        print(f"revproxy worker {index}: {e}", file=sys.stderr)
-        return 1
-    parent = os.getppid()
-
-    def orphaned() -> None:
-        if os.getppid() != parent:
-            reactor.stop()
-
-    reactor.callWhenRunning(svc.privilegedStartService)
-    reactor.callWhenRunning(svc.startService)
-    reactor.callWhenRunning(
-        lambda: signal.signal(signal.SIGHUP, lambda *_: reactor.callFromThread(svc.reload)))
-    reactor.addSystemEventTrigger("before", "shutdown", svc.stopService)
-    LoopingCall(orphaned).start(1.0, now=False)
-    reactor.run()
-    return 0
+# Beyond drain_timeout, what a worker may take to close what is left and exit.
+STOP_MARGIN = 5.0
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def worker_group(config: ProxyConfig, overrides: dict[str, Any]) -> WorkerGroup:
+    from revproxy.service import listeners
+
+    return WorkerGroup("revproxy", config.workers, "revproxy.workers", config.path, listeners(config),
+                       {"path": config.path, "overrides": overrides},
+                       stop_timeout=config.drain_timeout + STOP_MARGIN)
+
+
+def worker_service(spec: dict[str, Any], sockets: list[socket.socket], reactor: Any):
+    """In a worker process (`appliance.worker`): the proxy on the supervisor's sockets, and its reload."""
+    from revproxy import service
+
+    own = spec["spec"]
+    cfg = configmod.load(own["path"], own["overrides"])
+    svc = service.makeService(cfg, reactor, own["overrides"], worker_index=spec["worker"])
+    svc.sockets = sockets
+    return svc, svc.reload

@@ -7,6 +7,8 @@ import contextlib
 import ipaddress
 import socket
 
+from appliance.config import parse_hostport
+
 STUN_PORT = 3478
 SOCKET_BUFFER = 4 << 20  # bytes; bursts at 100k+ pps overflow Linux's 208 KiB default and count as loss
 
@@ -14,26 +16,10 @@ SOCKET_BUFFER = 4 << 20  # bytes; bursts at 100k+ pps overflow Linux's 208 KiB d
 def host_port(text: str, default_port: int | None = STUN_PORT) -> tuple[str, int]:
     """`HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address -> (numeric host, port).
     Raises argparse.ArgumentTypeError with a readable message (argparse prints it as a usage error)."""
-    host, port_text = text, None
-    if text.startswith("["):
-        host, _, rest = text[1:].partition("]")
-        if rest.startswith(":"):
-            port_text = rest[1:]
-        elif rest:
-            raise argparse.ArgumentTypeError(f"bad address {text!r}")
-    elif text.count(":") == 1:
-        host, port_text = text.split(":")
-    if port_text is None:
-        if default_port is None:
-            raise argparse.ArgumentTypeError(f"{text!r} needs a port (HOST:PORT)")
-        port = default_port
-    else:
-        try:
-            port = int(port_text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"bad port in {text!r}") from None
-        if not 0 <= port <= 65535:
-            raise argparse.ArgumentTypeError(f"port out of range in {text!r}")
+    try:
+        host, port = parse_hostport(text, default_port)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
     try:
         return str(ipaddress.ip_address(host)), port
     except ValueError:

@@ -4,7 +4,8 @@ import subprocess
 
 import pytest
 
-from relay.config import ConfigError, load_relay_config, parse_hostport, relay_config_from_table
+from appliance.config import ConfigError, parse_hostport
+from relay.config import load_relay_config, relay_config_from_table
 from tests.support.relay_process import ROOT, TWISTD
 
 SAMPLE = ROOT / "conf" / "rpturn.toml"
@@ -67,7 +68,7 @@ def test_workers_auto_means_one_per_core():
 def test_invalid_toml_names_the_file(tmp_path):
     path = tmp_path / "broken.toml"
     path.write_text("[relay\nrealm = 1\n")
-    with pytest.raises(ConfigError, match=r"broken\.toml: not valid TOML"):
+    with pytest.raises(ConfigError, match=r"broken\.toml: \[relay\] -: not valid TOML"):
         load_relay_config(str(path))
 
 
@@ -90,7 +91,7 @@ def test_command_line_options_override_the_file(tmp_path):
     options = Options()
     options.parseOptions(["--config", str(SAMPLE), "--realm", "other.test", "--listen", "127.0.0.1:5000",
                           "--allowed-peer", "127.0.0.0/8", "--user", "bob:pw"])
-    config = options.config
+    config = load_relay_config(options["config"], options.config_overrides)
     assert config.realm == "other.test"
     assert config.listen == (("127.0.0.1", 5000),)
     assert config.allowed_peers == ("127.0.0.0/8",)

@@ -197,11 +197,11 @@ def test_sigterm_stops_accepting_and_lets_requests_in_flight_finish(shared, make
 def test_two_workers_share_the_port_and_stop_together(shared, make_proxy):
     pki, _ = shared
     proxy = make_proxy(workers=2)
-    proxy.wait_log("worker 1", timeout=10)
-    time.sleep(0.5)
+    proxy.wait_log("balance round_robin, worker 1", timeout=10)
+    proxy.wait_log("balance round_robin, worker 0", timeout=10)
     assert all(request(pki, proxy.port).status == 200 for _ in range(20))
     proxy.stop()
-    assert "worker 1 exited" in proxy.log()
+    assert "workers stopped" in proxy.log()
 
 
 def test_verify_nodes_accepts_nodes_signed_by_the_ca_file(shared, make_proxy, tmp_path):
