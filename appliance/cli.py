@@ -14,6 +14,7 @@ import sys
 SUBCOMMANDS: dict[str, str] = {
     "reset": "reset",
     "setup": "setup",
+    "credentials": "credentials",
 }
 
 

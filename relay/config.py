@@ -38,6 +38,11 @@ class RelayConfig:
     max_lifetime: int = 3600
     nonce_lifetime: int = 600
     nonce_secret: str | None = None
+    tls_listen: tuple[tuple[str, int], ...] = ()  # TURN over TLS listeners (turns:)
+    certificate: str | None = None  # bundle for tls_listen; under `twistd rpturn` the proxy's by default
+    auth_secrets: tuple[str, ...] = ()  # TURN REST API shared secrets (relay.restauth)
+    auth_secrets_file: str | None = None  # the same, one a line, mode 0600, re-read on SIGHUP
+    turn_clients: tuple[str, ...] = ()  # restricted mode: only these sources may use TURN (relay.restricted)
     # Where this config came from, for reloads and messages; not a TOML key.
     source: str | None = None
 
@@ -100,6 +105,24 @@ def _check_secret(value: Any) -> str:
     return value
 
 
+def _check_tls_listen(value: Any) -> tuple[tuple[str, int], ...]:
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError('must be a list of "address:port" strings, e.g. ["0.0.0.0:5349"]')
+    return tuple(parse_hostport(v, default_port=5349, numeric=True) for v in value)
+
+
+def _check_auth_secrets(value: Any) -> tuple[str, ...]:
+    from relay.restauth import MIN_SECRET_CHARS
+
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError('must be a list of secret strings, e.g. ["4f1c..."]')
+    if any(len(v) < MIN_SECRET_CHARS for v in value):
+        raise ValueError(f"a secret must be at least {MIN_SECRET_CHARS} characters")
+    return tuple(value)
+
+
 _CHECKS = {
     "listen": _check_listen,
     "realm": _check_str,
@@ -119,6 +142,11 @@ _CHECKS = {
     "max_lifetime": _check_int(30, 86400),
     "nonce_lifetime": _check_int(10, 86400),
     "nonce_secret": _check_secret,
+    "tls_listen": _check_tls_listen,
+    "certificate": _check_str,
+    "auth_secrets": _check_auth_secrets,
+    "auth_secrets_file": _check_str,
+    "turn_clients": _check_cidrs,
 }
 assert set(_CHECKS) == _KEYS
 
@@ -138,8 +166,16 @@ def relay_config_from_table(table: Mapping[str, Any], source: str = "<config>") 
         raise ConfigError(source, TABLE, "min_port", f"{config.min_port} is above max_port {config.max_port}")
     if config.default_lifetime > config.max_lifetime:
         raise ConfigError(source, TABLE, "default_lifetime", f"above max_lifetime {config.max_lifetime}")
-    if config.userdb is None and not config.users:
-        raise ConfigError(source, TABLE, "users", "no credentials: set [relay.users] or userdb")
+    if config.userdb is None and not config.users and not config.auth_secrets and not config.auth_secrets_file:
+        raise ConfigError(source, TABLE, "users",
+                          "no credentials: set [relay.users], userdb, auth_secrets or auth_secrets_file")
+    if config.auth_secrets_file:
+        from relay.restauth import SecretsFileError, read_secrets_file
+
+        try:
+            read_secrets_file(config.auth_secrets_file)
+        except SecretsFileError as exc:
+            raise ConfigError(source, TABLE, "auth_secrets_file", str(exc)) from None
     return config
 
 
