@@ -4,6 +4,10 @@ Added by each service's makeService. It registers the snapshot callable in this 
 the same process reads it fresh at each scrape) and, when `RPTURN_STATS_DIR` is set (the appliance's management
 listener sets it before the workers are spawned), writes the snapshot to that directory every second and once
 more when the service stops. The snapshot callable reads the core's plain counters: nothing is done per packet.
+
+A snapshot walks the live allocations (their own packet counts), about 1.5-3 µs each on a busy 2-core machine:
+when that gets long, the next one waits longer, so publishing never takes more than MAX_SHARE of the CPU
+(10 000 allocations: ~30 ms, so every 1.5 s instead of every second).
 """
 
 from __future__ import annotations
@@ -13,12 +17,13 @@ import time
 from collections.abc import Callable
 
 from twisted.application.service import Service
-from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
 from appliance import stats
 
 log = Logger()
+
+MAX_SHARE = 0.02  # of one core, for taking and writing snapshots
 
 
 class StatsPublisher(Service):
@@ -29,23 +34,28 @@ class StatsPublisher(Service):
         self.snapshot = snapshot
         self.reactor = reactor
         self.directory = directory if directory is not None else os.environ.get(stats.ENV_DIR, "")
-        self._loop: LoopingCall | None = None
+        self._timer = None
         self._failed = False
 
     def startService(self) -> None:
         super().startService()
         stats.register_local(self.service, self.worker, self.snapshot)
         if self.directory:
-            self._loop = LoopingCall(self.publish)
-            self._loop.clock = self.reactor
-            self._loop.start(stats.INTERVAL, now=True)
+            self._tick()
 
     def stopService(self):
         super().stopService()
         stats.unregister_local(self.service, self.worker)
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
             self.publish()  # the last counts before this process goes
+        self._timer = None
+
+    def _tick(self) -> None:
+        began = time.perf_counter()
+        self.publish()
+        cost = time.perf_counter() - began
+        self._timer = self.reactor.callLater(max(stats.INTERVAL, cost / MAX_SHARE), self._tick)
 
     def publish(self) -> None:
         body = self.snapshot()

