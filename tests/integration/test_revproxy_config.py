@@ -5,7 +5,8 @@ import ssl
 
 import pytest
 
-from revproxy import config, tap, tls
+from appliance import certs
+from revproxy import config, tap
 from revproxy.config import ConfigError
 from tests.support.revproxy_process import Pki, ProxyProcess, free_port, run_twistd, write_config
 
@@ -87,8 +88,8 @@ def test_missing_certificate_file_is_refused(tmp_path):
 def test_intermediates_out_of_order_are_refused(pki, tmp_path):
     extra = Pki(tmp_path)  # a second, unrelated intermediate placed between leaf and its issuer
     bundle = pki.write("order.pem", pki.leaf_pem, pki.key_pem, extra.intermediate_pem, pki.intermediate_pem)
-    with pytest.raises(ConfigError, match="is not issued by the next certificate"):
-        tls.read_bundle(str(bundle))
+    with pytest.raises(certs.BundleError, match="is not issued by the next certificate"):
+        certs.read_bundle(str(bundle))
 
 
 def test_self_signed_certificate_is_generated_for_hostname_and_kept(tmp_path):
@@ -109,5 +110,5 @@ def test_self_signed_certificate_is_generated_for_hostname_and_kept(tmp_path):
     finally:
         second.stop()
     assert kept.read_bytes() == content
-    leaf, _, chain = tls.read_bundle(str(kept))
-    assert "rpturn.test" in leaf.subject.rfc4514_string() and chain == []
+    kept_bundle = certs.read_bundle(str(kept))
+    assert "rpturn.test" in kept_bundle.leaf.subject.rfc4514_string() and kept_bundle.chain == ()

@@ -21,6 +21,7 @@ from twisted.internet.protocol import ClientFactory, Protocol, ServerFactory
 from twisted.internet.selectreactor import SelectReactor
 from zope.interface import implementer
 
+from appliance import certs
 from revproxy import tls
 from revproxy.tls_transport import TLSFactory
 from tests.support.revproxy_process import Pki
@@ -84,8 +85,8 @@ def reactor():
             selectable.socket.close()
 
 
-def serve(reactor: Any, pki: Pki, make: Callable[[], Protocol] = Recorder) -> tuple[One, tls.ServerTLS, int]:
-    server_tls = tls.ServerTLS(str(pki.bundle))
+def serve(reactor: Any, pki: Pki, make: Callable[[], Protocol] = Recorder) -> tuple[One, certs.ServerTLS, int]:
+    server_tls = certs.ServerTLS(str(pki.bundle))
     factory = One(make)
     port = reactor.listenTCP(0, TLSFactory(server_tls, factory), interface="127.0.0.1")
     return factory, server_tls, port.getHost().port
