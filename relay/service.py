@@ -22,13 +22,14 @@ from twisted.logger import Logger
 from appliance.limits import raise_open_files_limit as raise_limit
 from appliance.sockets import Listener, bind_all, check_local_address
 from appliance.startup import ServicePlan
-from relay.allocation import TurnServer, TurnSettings
+from relay.allocation import TurnSettings
 from relay.auth import CredentialStore, NonceIssuer, UserDbError
 from relay.config import TABLE, ConfigError, RelayConfig, load_relay_config
+from relay.dispatch import TurnServer
 from relay.policy import PeerPolicy
 from relay.ports import PortPool
 from relay.quota import LocalQuota, Quota
-from relay.server import DatagramSocket, listen_tcp, listen_udp, relay_opener
+from relay.shell import DatagramSocket, listen_tcp, listen_udp, log_event, relay_opener
 
 log = Logger()
 
@@ -124,6 +125,7 @@ class RelayService(Service):
             open_relay=relay_opener(reactor, bind_ip),
             clock=reactor.seconds,
             quota=quota or LocalQuota(),
+            emit=log_event,
         )
         self.ports: list = []
 

@@ -1,6 +1,6 @@
 """Test doubles for the pure TURN core: a clock, relay sockets that record writes, a client that records what
 the server sends it, and a harness wiring a real `TurnServer` to them with real credentials, nonces, policy
-and port pool. Nothing here touches the network.
+and port pool, recording the log events the core emits. Nothing here touches the network.
 
     harness = TurnHarness()
     client = harness.client("alice")            # authenticated requests for alice over UDP
@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from relay.allocation import Allocation, FiveTuple, TurnServer, TurnSettings
+from relay.allocation import Allocation, FiveTuple, TurnSettings
 from relay.auth import CredentialStore, NonceIssuer
+from relay.dispatch import TurnServer
 from relay.policy import PeerPolicy
 from relay.ports import PortPool
 from relay.stun import Attr, Message, MessageClass, Method, encode, long_term_key, parse
@@ -129,6 +130,7 @@ class TurnHarness:
         self.ports = PortPool(self.min_port, self.max_port, random.Random(7), clock=self.clock)
         self.nonces = NonceIssuer(b"0123456789abcdef0123456789abcdef", lifetime=600)
         self.credentials = CredentialStore(self.settings.realm, self.users)
+        self.events: list[dict[str, Any]] = []  # every log line the core emitted: its fields and its `text`
         self.server = TurnServer(
             self.settings,
             credentials=self.credentials,
@@ -137,7 +139,11 @@ class TurnHarness:
             ports=self.ports,
             open_relay=self.opener,
             clock=self.clock,
+            emit=self.record_event,
         )
+
+    def record_event(self, text: str, **fields: Any) -> None:
+        self.events.append({"text": text, **fields})
 
     def client(self, username: str = "alice", *, address: Address = ("198.51.100.7", 40000),
                transport: str = "udp", password: str | None = None) -> FakeTurnClient:

@@ -1,7 +1,8 @@
 """The pure TURN core: Binding, long-term auth, Allocate/Refresh/CreatePermission/ChannelBind, relaying, expiry.
 
 Everything runs against a real TurnServer with real credentials, nonces, peer policy and port pool; only the
-clock, the relay sockets and the client's transport are fakes (tests/fakes.py). No packet leaves the process.
+clock, the relay sockets and the client's transport are fakes (tests/support/relay_fakes.py). No packet leaves the
+process.
 """
 
 import dataclasses
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-import relay.allocation
+import relay.handlers
 from relay.allocation import TurnSettings
 from relay.policy import PeerPolicy
 from relay.stun import (
@@ -57,11 +58,9 @@ def long_lived(client):
 
 
 @pytest.fixture
-def events(monkeypatch):
-    """The structured log events relay.allocation emits."""
-    seen: list[dict] = []
-    monkeypatch.setattr(relay.allocation.log, "observer", seen.append)
-    return seen
+def events(harness):
+    """The structured log events the core emits (through the harness's sink)."""
+    return harness.events
 
 
 def logged(events, name):
@@ -167,7 +166,7 @@ def test_allocate_without_credentials_gets_401_with_realm_and_nonce(client):
 def test_unauthenticated_request_leaves_no_state_behind(harness, client):
     for _ in range(3):
         client.send_raw(encode(client.message(Method.ALLOCATE, [(Attr.REQUESTED_TRANSPORT, 17)])))
-    assert not harness.server.allocations and not harness.server._transactions
+    assert not harness.server.allocations and not harness.server.transactions
 
 
 def test_bad_message_integrity_gets_401(harness):
@@ -548,7 +547,7 @@ def test_ipv6_peer_for_an_ipv4_relay_gets_443(allocated):
 
 
 def test_permissions_beyond_the_per_allocation_cap_get_508_and_install_nothing(allocated, monkeypatch):
-    monkeypatch.setattr(relay.allocation, "MAX_PERMISSIONS", 3)
+    monkeypatch.setattr(relay.handlers, "MAX_PERMISSIONS", 3)
     assert error_code(allocated.create_permission(("127.0.0.1", 1), ("127.0.0.2", 1))) is None
     assert error_code(allocated.create_permission(("127.0.0.3", 1), ("127.0.0.4", 1))) == 508
     assert set(allocated.allocation.permissions) == {"127.0.0.1", "127.0.0.2"}

@@ -1,7 +1,8 @@
 """The relay's Twisted shell: client listeners on UDP and TCP, one UDP socket per allocation. It only moves bytes.
 
-All protocol decisions live in `relay.allocation.TurnServer`; this module hands it whole datagrams and whole
-TCP frames, sends back what it returns, and binds the relay sockets it asks for.
+All protocol decisions live in the pure core (`relay.dispatch.TurnServer` and the modules it dispatches to); this
+module hands it whole datagrams and whole TCP frames, sends back what it returns, binds the relay sockets it asks
+for and writes its log lines (`log_event`, the core's injected sink) through twisted.logger.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from relay.allocation import TurnServer
+from relay.dispatch import TurnServer
 from relay.stun import StunDecodeError, tcp_frame_length
 
 log = Logger()
@@ -36,6 +37,11 @@ TCP_IDLE_TIMEOUT = 30.0
 MAX_TCP_BUFFER = 65536 + 8
 
 Address = tuple[str, int]
+
+
+def log_event(text: str, **fields) -> None:
+    """The core's event sink (relay.events): one structured twisted.logger line, rendered from `text`."""
+    log.info("{text}", text=text, **fields)
 
 
 def unmap(host: str) -> str:

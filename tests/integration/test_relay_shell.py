@@ -8,7 +8,7 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 
 from relay import stun
-from relay.server import IP_MTU_DISCOVER, IP_PMTUDISC_DO, TCP_IDLE_TIMEOUT, DatagramSocket, open_udp_socket, unmap
+from relay.shell import IP_MTU_DISCOVER, IP_PMTUDISC_DO, TCP_IDLE_TIMEOUT, DatagramSocket, open_udp_socket, unmap
 from relay.stun import Attr, Method
 from tests.support.relay_fakes import TurnHarness
 from tests.support.relay_process import RawTurnClient, RelayProcess, error_code
@@ -90,7 +90,7 @@ def test_tcp_frames_split_byte_by_byte_are_reassembled(tmp_path):
 def tcp_connection(harness, clock):
     from twisted.internet.testing import StringTransport
 
-    from relay.server import TurnTCPFactory
+    from relay.shell import TurnTCPFactory
 
     class TCPTransport(StringTransport):
         def setTcpNoDelay(self, enabled):
