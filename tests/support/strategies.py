@@ -7,6 +7,7 @@ overrides `max_examples` with its own `@settings`.
 
 from __future__ import annotations
 
+import itertools
 import os
 import struct
 from ipaddress import IPv4Address, IPv6Address
@@ -185,3 +186,14 @@ def tcp_frames(draw: st.DrawFn) -> bytes:
     if draw(st.booleans()):
         return draw(encoded_messages())
     return encode_channel_data(draw(channel_numbers), draw(payloads), pad=True)
+
+
+# --- byte streams ---
+
+
+@st.composite
+def pieces(draw: st.DrawFn, data: bytes) -> list[bytes]:
+    """`data` cut at arbitrary points, as reads from a socket deliver it."""
+    cuts = sorted(set(draw(st.lists(st.integers(0, len(data)), max_size=12))))
+    bounds = [0, *cuts, len(data)]
+    return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
