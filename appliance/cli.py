@@ -12,11 +12,12 @@ import sys
 
 # name -> module under appliance.commands; each module has HELP, add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS: dict[str, str] = {
-    "cert": "cert",
     "check": "check",
-    "reset": "reset",
     "setup": "setup",
     "credentials": "credentials",
+    "reset": "reset",
+    "cert": "cert",
+    "status": "status",
 }
 
 

@@ -23,6 +23,7 @@ class Options(usage.Options):
 def makeService(options: Options) -> Any:
     from twisted.internet import reactor
 
+    from appliance.management import management_service
     from appliance.startup import build_process, exit_on_config_error
     from relay import service as relay_service
     from relay.config import load_relay_config
@@ -35,9 +36,14 @@ def makeService(options: Options) -> Any:
         # Both tables validated before anything is bound, so a typo in either is reported first.
         relay_cfg = load_relay_config(path)
         proxy_cfg = revproxy_config.load(path)
-        return build_process([
+        # [management]: made before the workers' plans, so every worker inherits where to publish its figures.
+        management = management_service(path, reactor)
+        top = build_process([
             relay_service.plan(relay_cfg, {}, reactor),
             revproxy_service.plan(proxy_cfg, {}, reactor),
         ], reactor)
+        if management is not None:
+            management.setServiceParent(top)
+        return top
 
     return exit_on_config_error(make)

@@ -52,6 +52,7 @@ class RedirectConnection(Deadline, Protocol):
             self.answer(simple_response(e.status, e.detail.encode() + b"\n"))
             return
         cfg = self.ctx.config
+        self.ctx.stats.redirects += 1
         target = location(head, cfg.hostname, cfg.https.port if cfg.https else 443)
         self.answer(b"HTTP/1.1 301 Moved Permanently\r\nLocation: %s\r\nContent-Length: 0\r\n"
                     b"Connection: close\r\n\r\n" % target)

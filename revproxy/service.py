@@ -20,10 +20,11 @@ from twisted.logger import Logger
 
 from appliance import certs
 from appliance.limits import raise_open_files_limit
+from appliance.publisher import StatsPublisher
 from appliance.sockets import Listener, bind_all, bind_tcp
 from appliance.startup import ServicePlan
 from revproxy import config as configmod
-from revproxy import tls
+from revproxy import stats, tls
 from revproxy.balancer import Balancer, Node
 from revproxy.client import ProxyFactory
 from revproxy.config import ConfigError, ProxyConfig
@@ -151,6 +152,8 @@ class RevproxyService(MultiService):
         self.ports: list[Any] = []
         self.health: TimerService | None = None
         self._set_health(config)
+        # Its figures for the appliance's management listener (appliance.stats), read from plain counters.
+        StatsPublisher("revproxy", worker_index, lambda: stats.service_snapshot(self), reactor).setServiceParent(self)
 
     @property
     def config(self) -> ProxyConfig:

@@ -72,3 +72,43 @@ def proxy_snapshot(stats: ProxyStats, active: int, nodes: list[tuple[str, bool]]
         "gauges": {"active": active, "event_streams": stats.event_streams, "websockets": stats.websockets},
         "info": {**info, "nodes": [{"node": key, "up": up} for key, up in nodes]},
     }
+
+
+_cert_cache: dict[tuple[str, float], dict[str, Any]] = {}
+
+
+def certificate_info(path: str) -> dict[str, Any]:
+    """The served certificate for the status page: subject, issuer, names, expiry (Unix time), self-signed.
+
+    Read again only when the file changes (a reload or `rpturn cert install` replaces it)."""
+    import os
+
+    from appliance import certs
+
+    try:
+        key = (path, os.stat(path).st_mtime)
+    except OSError:
+        return {"path": path, "error": "cannot read the file"}
+    cached = _cert_cache.get(key)
+    if cached is None:
+        try:
+            bundle = certs.read_bundle(path)
+        except certs.BundleError as e:
+            return {"path": path, "error": str(e)}
+        d = certs.describe(bundle.leaf, bundle.chain)
+        cached = {"path": path, "subject": d.subject, "issuer": d.issuers[0], "names": list(d.names),
+                  "not_before": d.not_before.timestamp(), "not_after": d.not_after.timestamp(),
+                  "self_signed": d.self_signed}
+        _cert_cache.clear()
+        _cert_cache[key] = cached
+    return cached
+
+
+def service_snapshot(service: Any) -> dict:
+    """The snapshot of a running `RevproxyService` (its context, balancer and configuration)."""
+    from revproxy.service import certificate_path
+
+    ctx, cfg = service.ctx, service.config
+    info = {"listen": {"https": str(cfg.https) if cfg.https else "", "http": str(cfg.http) if cfg.http else ""},
+            "certificate": certificate_info(certificate_path(cfg))}
+    return proxy_snapshot(ctx.stats, ctx.active, ctx.balancer.status(), info)
