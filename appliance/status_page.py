@@ -111,7 +111,7 @@ def render_page(status: dict[str, Any], now: float) -> str:
         ("HTTP (redirect)", "proxy-http", _e(listen.get("http") or "off")),
         ("Requests", "proxy-requests", _e(proxy.get("requests", 0))),
         ("Responses", "proxy-responses",
-         _e(" · ".join(f"{k}: {responses[k]}" for k in sorted(responses)) or "-")),
+         _e(" · ".join(f"{k}: {responses[k]}" for k in sorted(responses) if responses[k]) or "-")),
         ("In progress", "proxy-active", _e(proxy.get("active_requests", 0))),
         ("Open /events streams", "proxy-events", _e(proxy.get("event_streams", 0))),
         ("Open WebSockets", "proxy-websockets", _e(proxy.get("websockets", 0))),

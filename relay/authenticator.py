@@ -67,4 +67,5 @@ class Authenticator:
 
     def _failure(self, five_tuple: FiveTuple, username: str | None, reason: str, now: float) -> None:
         self.stats["auth_failures"] += 1
+        self.stats[f"auth_failure {reason}"] += 1
         self.events.auth_failure(five_tuple, username, reason, now)

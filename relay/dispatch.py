@@ -128,6 +128,7 @@ class TurnServer:
             return None
         self.stats["requests"] += 1
         if request.method == Method.BINDING:
+            self.stats["binding_requests"] += 1
             try:
                 return self._finish(request, handlers.binding(request, five_tuple))
             except TurnError as refusal:
@@ -185,6 +186,11 @@ class TurnServer:
             self.stats["peer_packets_dropped"] += allocation.peer_packets_dropped
         if allocation.client_packets_dropped:
             self.stats["client_packets_dropped"] += allocation.client_packets_dropped
+        # Its relayed counts join the totals (relay.stats reads live allocations' own counts directly).
+        self.stats["packets_from_client"] += allocation.packets_from_client
+        self.stats["bytes_from_client"] += allocation.bytes_from_client
+        self.stats["packets_to_client"] += allocation.packets_to_client
+        self.stats["bytes_to_client"] += allocation.bytes_to_client
         self.events.allocation_deleted(allocation, reason)
 
     # --- requests ---
@@ -220,6 +226,8 @@ class TurnServer:
 
     def _error(self, request: Message, refusal: TurnError) -> Message:
         self.stats[f"error_{refusal.code}"] += 1
+        if refusal.code == 508:
+            self.stats[f"error_508 {refusal.reason or ''}"] += 1  # by cause (relay.stats names them)
         response = error_response(request, refusal.code, refusal.reason)
         if refusal.code == 420:
             # error_response lists the codec's unknown attributes; ours may differ (DONT-FRAGMENT, CHANGE-REQUEST).

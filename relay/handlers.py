@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from relay.allocation import Address, Allocation, ClientSender, FiveTuple, TurnError
+from relay.stats import quota_cause
 from relay.stun import MAGIC_COOKIE, Attr, Message, Method, success_response
 
 if TYPE_CHECKING:
@@ -76,6 +77,7 @@ def allocate(server: TurnServer, request: Message, five_tuple: FiveTuple, send: 
     if token is not None and even_port is not None:
         raise TurnError(400, "EVEN-PORT and RESERVATION-TOKEN together")
     if not server.quota.try_acquire(username, settings.user_quota, settings.total_quota):
+        server.stats[f"error_486 {quota_cause(settings, server.quota, username)}"] += 1
         raise TurnError(486)
     lifetime = _lifetime(server, request)
     allocation = Allocation(five_tuple, username, send, now, lifetime)

@@ -47,6 +47,9 @@ class LocalQuota:
         self.total += 1
         return True
 
+    def user_count(self, username: str) -> int:
+        return self.per_user[username]
+
     def release(self, username: str) -> None:
         self.per_user[username] -= 1
         if self.per_user[username] <= 0:

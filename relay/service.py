@@ -20,6 +20,7 @@ from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
 from appliance.limits import raise_open_files_limit as raise_limit
+from appliance.publisher import StatsPublisher
 from appliance.sockets import Listener, bind_all, check_local_address
 from appliance.startup import ServicePlan
 from relay.allocation import TurnSettings
@@ -30,6 +31,7 @@ from relay.policy import PeerPolicy
 from relay.ports import PortPool
 from relay.quota import LocalQuota, Quota
 from relay.shell import DatagramSocket, listen_tcp, listen_udp, log_event, relay_opener
+from relay.stats import service_snapshot
 
 log = Logger()
 
@@ -197,6 +199,8 @@ def makeService(config: RelayConfig, reactor=None, *, nonce_secret: bytes | None
     stats = TimerService(60.0, log_stats, relay.core)
     stats.clock = reactor
     stats.setServiceParent(top)
+    # Its figures for the appliance's management listener (appliance.stats), read from the core's plain counters.
+    StatsPublisher("relay", worker[0], lambda: service_snapshot(relay), reactor).setServiceParent(top)
     top.relay = relay  # type: ignore[attr-defined]
     return top
 

@@ -33,6 +33,16 @@ _FIELDS = operator.attrgetter("five_tuple", "packets_from_client", "bytes_from_c
                               "channels")
 
 
+def quota_cause(settings: Any, quota: Any, username: str) -> str:
+    """Why a 486: "user_quota" when this user is at `user_quota`, else "total_quota" (called on refusal only)."""
+    if settings.user_quota and not settings.total_quota:
+        return "user_quota"
+    if settings.total_quota and not settings.user_quota:
+        return "total_quota"
+    count = getattr(quota, "user_count", None)
+    return "user_quota" if count is not None and count(username) >= settings.user_quota else "total_quota"
+
+
 def label(text: str) -> str:
     """A reason as a Prometheus label value: `bad MESSAGE-INTEGRITY` -> `bad_message_integrity`."""
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_") or "unknown"
@@ -106,3 +116,15 @@ def relay_snapshot(stats: Mapping[str, int], allocations: Iterable[Any], info: d
         },
         "info": info,
     }
+
+
+def service_snapshot(service: Any) -> dict:
+    """The snapshot of a running `relay.service.RelayService` (duck-typed: its core, config and relay address)."""
+    config, core = service.config, service.core
+    info = {
+        "listen": [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in config.listen],
+        "relay_address": config.external_ip or service.relay_ip,
+        "relay_ports": f"{config.min_port}-{config.max_port}",
+        "realm": config.realm,
+    }
+    return relay_snapshot(core.stats, core.allocations.values(), info)

@@ -1,0 +1,308 @@
+"""The management listener of the real `twistd rpturn`: /metrics after real traffic (checked by promtool and scraped
+once by a real Prometheus server), /status, the HTML page in headless Chromium, `rpturn status` in a real terminal,
+and the `allow` list (a loopback source outside it is refused).
+
+One appliance serves the module: a UDP and a TCP allocation relaying through it, Binding requests, a wrong password,
+proxy requests to two node stand-ins of which one is stopped. Everything is on loopback.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from relay import stun
+from tests.support.net import free_port
+from tests.support.relay_process import EchoPeer, RawTurnClient, error_code, udp_binding
+from tests.support.revproxy_process import ROOT, TWISTD, Nodes, Pki, request, toml_value, wait_for_port
+from tests.support.tmux import Terminal
+
+RPTURN = str(ROOT / ".venv" / "bin" / "rpturn")
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
+PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+PROXY_REQUESTS = 6
+
+
+def write_appliance_config(path: Path, tables: dict[str, dict]) -> Path:
+    lines = []
+    for name, table in tables.items():
+        lines.append(f"[{name}]")
+        lines += [f"{k} = {toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
+        for k, v in table.items():
+            if isinstance(v, dict):
+                lines.append(f"[{name}.{k}]")
+                lines += [f"{toml_value(kk)} = {toml_value(vv)}" for kk, vv in v.items()]
+        lines.append("")
+    path.write_text("\n".join(lines))
+    return path
+
+
+class Appliance:
+    """`twistd -n --pidfile= rpturn --config FILE` with its output in a log file."""
+
+    def __init__(self, where: Path, config: Path, management_port: int) -> None:
+        self.log_path = where / "rpturn.log"
+        self.management_port = management_port
+        self.proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile", str(self.log_path), "rpturn",
+                                      "--config", str(config)], cwd=str(where), stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT)
+        wait_for_port("127.0.0.1", management_port, 20, self.proc)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def get(self, path: str, source: str = "127.0.0.1") -> tuple[int, str, bytes]:
+        conn = http.client.HTTPConnection("127.0.0.1", self.management_port, timeout=10, source_address=(source, 0))
+        try:
+            conn.request("GET", path)
+            r = conn.getresponse()
+            return r.status, r.getheader("content-type", ""), r.read()
+        finally:
+            conn.close()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            out[(s.name, tuple(sorted(s.labels.items())))] = s.value
+    return out
+
+
+def metric(values: dict, name: str, **labels: str) -> float:
+    return values.get((name, tuple(sorted(labels.items()))), float("nan"))
+
+
+@pytest.fixture(scope="module")
+def appliance(tmp_path_factory):
+    where = tmp_path_factory.mktemp("management")
+    pki = Pki(where)
+    nodes = Nodes(where, names=("a", "b"))
+    peer = EchoPeer()
+    relay_port, https_port, management_port = free_port(), free_port(), free_port()
+    config = write_appliance_config(where / "rpturn.toml", {
+        "relay": {"listen": [f"127.0.0.1:{relay_port}"], "realm": "rpturn.test", "min_port": 45000,
+                  "max_port": 45999, "relay_ip": "127.0.0.1", "allowed_peers": ["127.0.0.0/8"],
+                  "users": {"alice": "secret"}},
+        "revproxy": {"https": f"127.0.0.1:{https_port}", "http": "", "certificate": str(pki.bundle),
+                     "nodes": nodes.addresses("a", "b"), "fail_timeout": 120.0},
+        "management": {"listen": f"127.0.0.1:{management_port}", "allow": ["127.0.0.1/32"]},
+    })
+    nodes.stop("b")
+    app = Appliance(where, config, management_port)
+    clients: list[RawTurnClient] = []
+    try:
+        deadline = time.monotonic() + 15
+        while udp_binding("127.0.0.1", relay_port, timeout=0.2) is None:
+            assert time.monotonic() < deadline, app.log()
+        app.where, app.config, app.pki, app.nodes, app.https_port = where, config, pki, nodes, https_port
+        app.relay = ("127.0.0.1", relay_port)
+        app.peer = peer
+        app.clients = clients
+        app.baseline = samples(app.get("/metrics")[2].decode())
+        yield app
+    finally:
+        for c in clients:
+            c.close()
+        app.stop()
+        nodes.close()
+        peer.close()
+
+
+@pytest.fixture(scope="module")
+def traffic(appliance):
+    """Real traffic through both services; the figures it must produce."""
+    app = appliance
+    for _ in range(3):
+        assert udp_binding(*app.relay) is not None
+    udp = RawTurnClient(app.relay, transport="udp")
+    tcp = RawTurnClient(app.relay, transport="tcp")
+    app.clients += [udp, tcp]
+    peer = (stun.Attr.XOR_PEER_ADDRESS, app.peer.address)
+    for client in (udp, tcp):
+        client.learn_nonce()
+        assert error_code(client.allocate()) is None
+        assert error_code(client.request(stun.Method.CREATE_PERMISSION, [peer])) is None
+    for i in range(5):
+        udp.send_bytes(stun.encode(stun.Message(stun.Method.SEND, stun.MessageClass.INDICATION, os.urandom(12),
+                                                [peer, (stun.Attr.DATA, b"x" * (100 + i))])))
+        udp.recv_message()  # the Data indication with the echo
+    wrong = RawTurnClient(app.relay, password="wrong")
+    wrong.learn_nonce()
+    assert error_code(wrong.allocate()) == 401
+    wrong.close()
+    statuses = [request(app.pki, app.https_port, path="/whoami").status for _ in range(PROXY_REQUESTS)]
+    assert statuses == [200] * PROXY_REQUESTS
+    return app
+
+
+def scrape_until(app, check, timeout: float = 10.0) -> dict:
+    """Scrape until `check(values)` holds (a worker's figures may be up to a second old); the last values."""
+    deadline = time.monotonic() + timeout
+    while True:
+        code, _, body = app.get("/metrics")
+        assert code == 200
+        values = samples(body.decode())
+        if check(values) or time.monotonic() > deadline:
+            return values
+        time.sleep(0.2)
+
+
+def test_metrics_after_real_traffic_pass_promtool_and_carry_the_figures(traffic, tmp_path):
+    app = traffic
+    before = app.baseline
+    values = scrape_until(app, lambda v: metric(v, "rpturn_proxy_requests_total") >= PROXY_REQUESTS
+                          and metric(v, "rpturn_turn_allocations", transport="tcp") == 1)
+    _, content_type, body = app.get("/metrics")
+    assert content_type.startswith("text/plain; version=0.0.4")
+    checked = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True, timeout=30)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+    assert metric(values, "rpturn_turn_allocations", transport="udp") == 1
+    assert metric(values, "rpturn_turn_allocations", transport="tcp") == 1
+    assert metric(values, "rpturn_turn_allocations", transport="tls") == 0
+    assert metric(values, "rpturn_turn_allocations_created_total") == 2
+    binding = "rpturn_stun_binding_requests_total"
+    assert metric(values, binding) - metric(before, binding) == 3
+    assert metric(values, "rpturn_turn_auth_failures_total", reason="bad_message_integrity") == 1
+    assert metric(values, "rpturn_turn_relayed_packets_total", direction="client_to_peer") == 5
+    assert metric(values, "rpturn_turn_relayed_packets_total", direction="peer_to_client") == 5
+    assert metric(values, "rpturn_turn_relayed_bytes_total", direction="client_to_peer") == sum(range(100, 105))
+    assert metric(values, "rpturn_proxy_requests_total") == PROXY_REQUESTS
+    assert metric(values, "rpturn_proxy_responses_total", status_class="2xx") == PROXY_REQUESTS
+    a, b = app.nodes.addresses("a", "b")
+    assert metric(values, "rpturn_proxy_node_up", node=a) == 1
+    assert metric(values, "rpturn_proxy_node_up", node=b) == 0
+    assert metric(values, "rpturn_proxy_upstream_failures_total", kind="connect") >= 1
+    assert metric(values, "rpturn_proxy_node_requests_total", node=a) == PROXY_REQUESTS
+    assert metric(values, "rpturn_proxy_node_response_seconds_count", node=a) == PROXY_REQUESTS
+    assert metric(values, "rpturn_certificate_expiry_timestamp_seconds") > time.time() + 80 * 86400
+    # workers = 1: both services run in the main process, which is named after all three
+    main = "main+relay-0+revproxy-0"
+    assert metric(values, "rpturn_process_open_fds", process=main) > 5
+    assert metric(values, "rpturn_process_resident_memory_bytes", process=main) > 10 * 2**20
+    assert metric(values, "rpturn_workers", service="relay") == 1
+    assert metric(values, "rpturn_workers", service="revproxy") == 1
+
+
+def test_status_json_has_the_relay_allocations_and_the_nodes(traffic):
+    app = traffic
+    code, content_type, body = app.get("/status")
+    assert code == 200 and content_type == "application/json"
+    status = json.loads(body)
+    assert status["relay"]["allocations"] == 2
+    assert status["relay"]["allocations_by_transport"] == {"udp": 1, "tcp": 1, "tls": 0}
+    a, b = app.nodes.addresses("a", "b")
+    assert [(n["node"], n["up"]) for n in status["revproxy"]["nodes"]] == [(a, True), (b, False)]
+    assert status["state"] == "running"
+
+
+def test_a_loopback_source_outside_allow_is_refused(traffic):
+    app = traffic
+    for path in ("/metrics", "/status", "/"):
+        code, _, body = app.get(path, source="127.0.0.2")
+        assert code == 403, path
+        assert b"rpturn_" not in body and b"allocations" not in body
+    assert app.get("/status", source="127.0.0.1")[0] == 200
+    assert "management listener refused" in app.log()
+
+
+def test_a_real_prometheus_server_scrapes_it(traffic, tmp_path):
+    app = traffic
+    port = free_port()
+    (tmp_path / "prometheus.yml").write_text(
+        "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
+        "scrape_configs:\n  - job_name: rpturn\n    static_configs:\n"
+        f"      - targets: ['127.0.0.1:{app.management_port}']\n")
+    log = open(tmp_path / "prometheus.log", "wb")  # noqa: SIM115 (closed below)
+    server = subprocess.Popen([PROMETHEUS, f"--config.file={tmp_path / 'prometheus.yml'}",
+                               f"--storage.tsdb.path={tmp_path / 'data'}", f"--web.listen-address=127.0.0.1:{port}"],
+                              stdout=log, stderr=subprocess.STDOUT, cwd=str(tmp_path))
+    try:
+        deadline = time.monotonic() + 30
+        result: list = []
+        while not result:
+            assert server.poll() is None, (tmp_path / "prometheus.log").read_text()
+            assert time.monotonic() < deadline, (tmp_path / "prometheus.log").read_text()[-3000:]
+            time.sleep(0.5)
+            try:
+                query = "rpturn_turn_allocations{transport=%22udp%22}"
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?query={query}", timeout=5) as r:
+                    result = json.load(r)["data"]["result"]
+            except OSError:
+                continue
+        assert result[0]["value"][1] == "1"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/v1/query?query=up", timeout=5) as r:
+            up = json.load(r)["data"]["result"]
+        assert [x["value"][1] for x in up] == ["1"]
+    finally:
+        server.terminate()
+        server.wait(20)
+        log.close()
+
+
+def test_the_status_page_renders_in_headless_chromium(traffic, tmp_path):
+    app = traffic
+    url = f"http://127.0.0.1:{app.management_port}/"
+    common = [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+              "--disable-background-networking", "--disable-component-update", "--disable-sync",
+              f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,900"]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    shot = tmp_path / "status.png"
+    subprocess.run([*common, f"--screenshot={shot}", url], capture_output=True, timeout=60, env=env, check=True)
+    assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+    keep = os.environ.get("RPTURN_KEEP_SCREENSHOT")
+    if keep:
+        shutil.copy(shot, keep)
+    dom = subprocess.run([*common, "--dump-dom", url], capture_output=True, timeout=60, env=env, check=True).stdout
+    dom = dom.decode()
+    assert '<td id="relay-allocations">2</td>' in dom
+    assert '<td id="relay-udp">1</td>' in dom and '<td id="relay-tcp">1</td>' in dom
+    a, b = app.nodes.addresses("a", "b")
+    assert f'id="node-{b}"' in dom and ">down<" in dom and f'id="node-{a}"' in dom
+    assert "CN=localhost" in dom or "localhost" in dom
+
+
+def test_rpturn_status_shows_the_table_in_a_terminal(traffic):
+    app = traffic
+    with Terminal([RPTURN, "status", "--config", str(app.config)], cwd=str(app.where)) as term:
+        screen = term.expect(r"Processes:")
+        assert term.exit_status() == 0
+    assert "rpturn appliance: running" in screen
+    assert "(UDP 1, TCP 1, TLS 0)" in screen
+    b = app.nodes.addresses("b")[0]
+    assert "nodes: 1 of 2 up" in screen
+    assert f"{b}  DOWN" in screen
+    out = subprocess.run([RPTURN, "status", "--json", "--config", str(app.config)], capture_output=True,
+                         text=True, timeout=30)
+    assert out.returncode == 0
+    assert json.loads(out.stdout)["relay"]["allocations"] == 2
+
+
+def test_rpturn_status_says_in_one_line_when_the_appliance_is_not_running(tmp_path):
+    port = free_port()
+    config = write_appliance_config(tmp_path / "rpturn.toml", {"management": {"listen": f"127.0.0.1:{port}"}})
+    out = subprocess.run([RPTURN, "status", "--config", str(config)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert out.stdout == ""
+    assert out.stderr.startswith("rpturn status: the appliance is not running (nothing answers on 127.0.0.1:")
+    assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
