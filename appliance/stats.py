@@ -13,8 +13,9 @@ atomically. The management listener sums the snapshots when it is scraped:
 
 Why not prometheus_client's multiprocess mode: it would make every worker call prometheus_client to copy its
 counters into mmap files, with a directory of files per metric and per pid to clean up, and it cannot carry the
-non-numeric facts the status page shows (nodes, certificate). A snapshot is one `json.dumps` of a few hundred
-bytes per second per worker (measured ~30 µs), and a scrape reads one file per worker.
+non-numeric facts the status page shows (nodes, certificate). A snapshot is one `json.dumps` of about a kilobyte
+and one file replaced, per second per worker (~0.2 ms measured, plus ~2 µs per live allocation walked), and a
+scrape reads one file per worker.
 
 Pure apart from the file spool; no Twisted here (the publisher is in `appliance.publisher`).
 """
