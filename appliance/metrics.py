@@ -78,6 +78,11 @@ def proxy_metrics(proxy: ServiceFigures) -> Iterator[Metric]:
     yield _labelled(CounterMetricFamily("rpturn_proxy_upstream_failures", "Failed attempts towards a node, by kind.",
                                         labels=["kind"]), "kind", c.get("upstream_failures", {}))
     yield _counter("rpturn_proxy_redirects", "Plain-HTTP requests redirected to HTTPS.", c.get("redirects", 0))
+    guard = c.get("pin_guard", {})
+    yield _labelled(CounterMetricFamily("rpturn_proxy_pin_guard_events", "PIN guard: failed PIN attempts (failure), "
+                                        "addresses banned (ban), requests answered 429 (blocked).",
+                                        labels=["event"]), "event", {k: guard.get(k, 0)
+                                                                     for k in ("failure", "ban", "blocked")})
     yield GaugeMetricFamily("rpturn_proxy_active_requests", "Requests in progress.", value=g.get("active", 0))
     yield GaugeMetricFamily("rpturn_proxy_event_streams", "Open server-sent-event (/events) streams.",
                             value=g.get("event_streams", 0))

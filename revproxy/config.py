@@ -14,6 +14,7 @@ from typing import Any
 
 from appliance import config as shared
 from appliance.config import ConfigError, format_hostport, parse_hostport
+from revproxy.pin_guard import PinGuardSettings, settings_from_table
 
 TABLE = "revproxy"
 MiB = 1024 * 1024
@@ -73,6 +74,7 @@ class ProxyConfig:
     webapp_path: str = "/webapp/"
     access_log: bool = True
     workers: int = 1
+    pin_guard: PinGuardSettings = field(default_factory=PinGuardSettings)  # [revproxy.pin_guard]
 
 
 BALANCES = ("round_robin", "client_ip")
@@ -146,6 +148,14 @@ def from_table(table: dict[str, Any], path: str = "<config>") -> ProxyConfig:
         raise error(path, "ca_file", f"{ca!r} does not exist")
     if values.get("https", ProxyConfig.https) is None:
         raise error(path, "https", "the HTTPS listener cannot be turned off")
+    if "pin_guard" in table:
+        if not isinstance(table["pin_guard"], dict):
+            raise error(path, "pin_guard", "must be a table: [revproxy.pin_guard] with enabled, max_failures, ...")
+        try:
+            values["pin_guard"] = settings_from_table(table["pin_guard"])
+        except ValueError as e:
+            key, _, problem = str(e).partition(": ")
+            raise ConfigError(path, f"{TABLE}.pin_guard", key, problem) from None
     return ProxyConfig(**values)
 
 

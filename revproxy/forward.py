@@ -340,6 +340,8 @@ class Forwarder:
         self.ctx.active -= 1
         stats = self.ctx.stats
         stats.response(ex.status)
+        for watcher in self.ctx.finished:
+            watcher(ex)
         if self.open_kind:
             setattr(stats, self.open_kind, getattr(stats, self.open_kind) - 1)
         if self.store is not None:

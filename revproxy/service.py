@@ -24,7 +24,7 @@ from appliance.publisher import StatsPublisher
 from appliance.sockets import Listener, bind_all, bind_tcp
 from appliance.startup import ServicePlan
 from revproxy import config as configmod
-from revproxy import stats, tls
+from revproxy import guards, stats, tls
 from revproxy.balancer import Balancer, Node
 from revproxy.client import ProxyFactory
 from revproxy.config import ConfigError, ProxyConfig
@@ -149,6 +149,7 @@ class RevproxyService(MultiService):
         self.tls = server_tls(config)
         balancer = Balancer(nodes, balance=config.balance, fail_timeout=config.fail_timeout, clock=reactor.seconds)
         self.ctx = ProxyContext(config, balancer, reactor, creators)
+        guards.install(self.ctx)  # the PIN guard (off unless [revproxy.pin_guard] enabled)
         self.ports: list[Any] = []
         self.health: TimerService | None = None
         self._set_health(config)

@@ -111,4 +111,7 @@ def service_snapshot(service: Any) -> dict:
     ctx, cfg = service.ctx, service.config
     info = {"listen": {"https": str(cfg.https) if cfg.https else "", "http": str(cfg.http) if cfg.http else ""},
             "certificate": certificate_info(certificate_path(cfg))}
-    return proxy_snapshot(ctx.stats, ctx.active, ctx.balancer.status(), info)
+    snapshot = proxy_snapshot(ctx.stats, ctx.active, ctx.balancer.status(), info)
+    if ctx.pin_guard is not None:  # revproxy.guards: failure, ban, blocked
+        snapshot["counters"]["pin_guard"] = dict(ctx.pin_guard.events)
+    return snapshot

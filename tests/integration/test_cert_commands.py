@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa
 
 from tests.support import revproxy_process as rp
-from tests.support.appliance_process import ApplianceProcess, loopback_config, port_of
+from tests.support.operated_appliance import OperatedAppliance, loopback_config, port_of
 from tests.support.revproxy_process import VENV_BIN, Pki
 
 RPTURN = str(VENV_BIN / "rpturn")
@@ -47,7 +47,7 @@ class Site:
         self.pki = Pki(where)
         self.config, tables = loopback_config(where)
         self.port = port_of(tables["revproxy"]["https"])
-        self.app = ApplianceProcess(where, self.config, self.port)
+        self.app = OperatedAppliance(where, self.config, self.port)
         self.target = where / "certificate.pem"
 
     def cert(self, *args: str, timeout: float = 4.0) -> subprocess.CompletedProcess:

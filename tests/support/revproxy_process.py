@@ -364,6 +364,11 @@ def _serve_nodes(spec_file: str) -> None:  # runs in the node subprocess
                     request.write(data[i: i + 65536])
                 request.finish()
                 return server.NOT_DONE_YET
+            if path.endswith(b"/request_token") and request.method == b"POST":  # a conference with PIN 1234
+                if request.getHeader(b"pin") != b"1234":
+                    request.setResponseCode(403)
+                    return self.json(request, {"status": "success", "result": "Invalid PIN"})
+                return self.json(request, {"status": "success", "result": {"token": "t-" + self.name}})
             if path.startswith(b"/status/"):
                 request.setResponseCode(int(path.rsplit(b"/", 1)[1]))
                 return self.name.encode()
