@@ -7,9 +7,10 @@ they share is here, so an operator sees one kind of message and one address synt
   (`key` is "-" for a problem with the file or the table as a whole). A twistd plugin turns it into that one line
   on stderr and a non-zero exit (`appliance.startup.exit_on_config_error`), never a traceback or a usage dump.
 - `load_table(path, table)`: the file's `[table]` as a dict; an unreadable or invalid file is a ConfigError.
-- `parse_hostport(text, default_port=None, numeric=False)` / `format_hostport(host, port)`: the one address
-  syntax: `1.2.3.4:443`, `[2001:db8::1]:443`, `name.example:443` (unless `numeric`), and a bare host when a
-  default port is given. IPv6 addresses with a port need brackets; the parser raises ValueError with the reason.
+- `parse_hostport(text, default_port=None, numeric=False, port_zero=False)` / `format_hostport(host, port)`: the
+  one address syntax: `1.2.3.4:443`, `[2001:db8::1]:443`, `name.example:443` (unless `numeric`), and a bare host
+  when a default port is given. IPv6 addresses with a port need brackets; the parser raises ValueError with the
+  reason.
 - `parse_workers(value)`: the `workers` key of every service: 1-256 or "auto" (one per core).
 - `checked(path, table, key, check, value)`: run a ValueError-raising check and name the file, table and key.
 
@@ -70,9 +71,11 @@ def checked(path: str, table: str, key: str, check: Callable[[Any], T], value: A
         raise ConfigError(path, table, key, str(exc)) from None
 
 
-def parse_hostport(text: str, default_port: int | None = None, *, numeric: bool = False) -> tuple[str, int]:
+def parse_hostport(text: str, default_port: int | None = None, *, numeric: bool = False,
+                   port_zero: bool = False) -> tuple[str, int]:
     """`"10.0.0.1:443"`, `"[::1]:443"`, `"node.example.com:443"` -> (host, port); a numeric host comes back in
-    its canonical form. Without a port: `default_port`, or ValueError. `numeric` refuses DNS names."""
+    its canonical form. Without a port: `default_port`, or ValueError. `numeric` refuses DNS names; `port_zero`
+    accepts port 0 ("any free port", for tools that bind)."""
     if not isinstance(text, str):
         raise ValueError(f"expected an \"address:port\" string, got {text!r}")
     text = text.strip()
@@ -97,10 +100,10 @@ def parse_hostport(text: str, default_port: int | None = None, *, numeric: bool 
         if default_port is None:
             raise ValueError(f"{text!r} has no port (address:port)")
         port = default_port
-    elif port_text.isdigit() and 0 < int(port_text) < 65536:
+    elif port_text.isdigit() and (0 if port_zero else 1) <= int(port_text) <= 65535:
         port = int(port_text)
     else:
-        raise ValueError(f"{text!r}: the port must be 1-65535")
+        raise ValueError(f"{text!r}: the port must be {0 if port_zero else 1}-65535")
     if not host:
         raise ValueError(f"{text!r} has no address")
     if _is_ip(host):

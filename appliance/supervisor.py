@@ -39,7 +39,7 @@ from appliance.sockets import Listener, bind_all
 
 log = Logger()
 
-RESTART_DELAY = 0.25
+RESTART_DELAY = 0.1
 MAX_RESTART_DELAY = 30.0
 STABLE_AFTER = 60.0
 

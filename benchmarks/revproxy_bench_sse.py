@@ -24,6 +24,9 @@ import ssl
 import sys
 import time
 
+from appliance.limits import raise_open_files_limit
+from appliance.sockets import bind_tcp
+
 READ, WRITE = selectors.EVENT_READ, selectors.EVENT_WRITE
 SSE_HEAD = (b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
             b"Transfer-Encoding: chunked\r\n\r\n")
@@ -33,11 +36,7 @@ JSON_RESPONSE = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-
 
 
 def raise_nofile() -> int:
-    import resource
-
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
+    return raise_open_files_limit()[0]
 
 
 # -- emitter ------------------------------------------------------------------------------------------------------
@@ -58,11 +57,7 @@ def emit(host: str, port: int, cert: str, key: str, interval: float) -> None:
     raise_nofile()
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(cert, key)
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((host, port))
-    listener.listen(4096)
-    listener.setblocking(False)
+    listener = bind_tcp(host, port)
     sel = selectors.DefaultSelector()
     sel.register(listener, READ, None)
     streams: list[_Upstream] = []

@@ -17,6 +17,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from appliance.sockets import bind_tcp, bind_udp
 from relay.dispatch import TurnServer
 from relay.stun import StunDecodeError, tcp_frame_length
 
@@ -127,20 +128,9 @@ class DatagramSocket:
 
 
 def open_udp_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """A bound, non-blocking UDP socket with large buffers. Raises OSError when the port is taken."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6 and host == "::":
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((host, port))
-        tune_socket(sock)
-    except OSError:
-        sock.close()
-        raise
+    """A bound, non-blocking UDP socket (`appliance.sockets`) with large buffers. OSError when the port is taken."""
+    sock = bind_udp(host, port, reuse_port=reuse_port)
+    tune_socket(sock)
     return sock
 
 
@@ -268,25 +258,6 @@ def relay_opener(reactor, relay_ip: str) -> Callable:
     return open_relay
 
 
-def open_tcp_listener(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """A bound, listening, non-blocking TCP socket."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        if reuse_port:
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-        if family == socket.AF_INET6 and host == "::":
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
-        sock.bind((host, port))
-        sock.listen(1024)
-        sock.setblocking(False)
-    except OSError:
-        sock.close()
-        raise
-    return sock
-
-
 def listen_udp(reactor, core: TurnServer, host: str, port: int, sock: socket.socket | None = None) -> DatagramSocket:
     """The client-facing UDP listener on host:port, on `sock` when the supervisor handed one down."""
     listener = TurnUDPListener(core, (host, port))
@@ -304,7 +275,7 @@ def listen_tcp(reactor, core: TurnServer, host: str, port: int, sock: socket.soc
     """The client-facing TCP listener on host:port, on `sock` when the supervisor handed one down."""
     factory = TurnTCPFactory(core, (host, port), reactor)
     if sock is None:
-        return reactor.listenTCP(port, factory, interface=host, backlog=1024)
+        sock = bind_tcp(host, port)
     sock.setblocking(False)
     # adoptStreamPort duplicates the descriptor: the reactor's copy is the one that stays open.
     port_object = reactor.adoptStreamPort(sock.fileno(), sock.family, factory)

@@ -17,7 +17,7 @@ def host_port(text: str, default_port: int | None = STUN_PORT) -> tuple[str, int
     """`HOST`, `HOST:PORT`, `[V6]:PORT` or a bare IPv6 address -> (numeric host, port).
     Raises argparse.ArgumentTypeError with a readable message (argparse prints it as a usage error)."""
     try:
-        host, port = parse_hostport(text, default_port)
+        host, port = parse_hostport(text, default_port, port_zero=True)
     except ValueError as e:
         raise argparse.ArgumentTypeError(str(e)) from None
     try:

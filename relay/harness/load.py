@@ -18,9 +18,7 @@ reads echoes at 100 000 pps without loss, where a Twisted DatagramProtocol loses
 
 from __future__ import annotations
 
-import contextlib
 import os
-import resource
 import selectors
 import socket
 import ssl
@@ -31,6 +29,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from appliance.limits import raise_open_files_limit
 from relay import stun
 from relay.client import (
     TIMEOUT,
@@ -131,18 +130,6 @@ def error_key(failure: Failure) -> str:
     return "timeout" if failure.code == TIMEOUT else str(failure.code)
 
 
-def raise_open_files_limit(needed: int) -> int:
-    """Raise RLIMIT_NOFILE towards the hard limit (one socket per client); returns the soft limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    wanted = needed + 64
-    if soft < wanted:
-        target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
-        with contextlib.suppress(ValueError, OSError):
-            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
-            soft = target
-    return soft
-
-
 class Session:
     """One TURN client: its socket, its sans-I/O state, its packet template."""
 
@@ -168,7 +155,7 @@ class Engine:
         self.selector = selectors.DefaultSelector()
         self.udp_inodes: set[int] = set()  # our UDP sockets, to find their drop counters in /proc/net/udp
         self.tls_context = client_tls_context(options.ca_file) if options.tls else None
-        raise_open_files_limit(count + 16)
+        raise_open_files_limit(count + 80)  # one socket per client, and some to spare
 
     # -- set-up ---------------------------------------------------------------------------------------------
 

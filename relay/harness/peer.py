@@ -17,6 +17,7 @@ import socket
 import sys
 from types import FrameType
 
+from appliance.config import format_hostport
 from relay.harness.common import family_of, peer_port, raise_buffers
 
 PROG = "rpturn-peer"
@@ -97,7 +98,7 @@ class EchoPeer:
         for sock in self.sockets:
             host, port = sock.getsockname()[:2]
             datagrams, size = self.echoed[sock]
-            lines.append(f"{_show(host, port)} echoed {datagrams} datagrams ({size} bytes)")
+            lines.append(f"{format_hostport(host, port)} echoed {datagrams} datagrams ({size} bytes)")
         return lines
 
     def close(self) -> None:
@@ -106,10 +107,6 @@ class EchoPeer:
         self._wake_r.close()
         self._wake_w.close()
         self.selector.close()
-
-
-def _show(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -134,7 +131,7 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     for host, port in peer.addresses():
-        print(f"listening on {_show(host, port)}", flush=True)
+        print(f"listening on {format_hostport(host, port)}", flush=True)
     try:
         peer.serve()
     finally:

@@ -113,7 +113,7 @@ def test_stunclient_to_silent_port_times_out_with_clear_message() -> None:
 
 def test_stunclient_rejects_bad_address_as_usage_error() -> None:
     done = run(STUNCLIENT, "127.0.0.1:99999")
-    assert done.returncode == 2 and "port out of range" in done.stderr
+    assert done.returncode == 2 and "the port must be 0-65535" in done.stderr
 
 
 # -- rpturn-peer ------------------------------------------------------------------------------------------------

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+from appliance.config import format_hostport
 from relay import stun
 from tests.support.net import free_port
 
@@ -65,7 +66,7 @@ class RelayProcess:
         self.config_path = tmp_path / "rpturn.toml"
         self.log_path = tmp_path / "relay.log"
         table = {
-            "listen": [f"[{listen_host}]:{self.port}" if ":" in listen_host else f"{listen_host}:{self.port}"],
+            "listen": [format_hostport(listen_host, self.port)],
             "realm": "rpturn.test",
             "min_port": 40000,
             "max_port": 44999,

@@ -56,6 +56,12 @@ def test_format_is_what_parse_reads_back(host, port):
     assert parse_hostport(format_hostport(host, port)) == (host, port)
 
 
+def test_port_zero_only_where_asked_for():
+    assert parse_hostport("127.0.0.1:0", port_zero=True) == ("127.0.0.1", 0)
+    with pytest.raises(ValueError, match="1-65535"):
+        parse_hostport("127.0.0.1:0")
+
+
 def test_format_brackets_ipv6():
     assert format_hostport("::1", 443) == "[::1]:443"
     assert format_hostport("10.0.0.1", 443) == "10.0.0.1:443"

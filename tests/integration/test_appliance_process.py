@@ -1,0 +1,188 @@
+"""The real `twistd rpturn`: one SIGHUP reloads both services without dropping anything, every worker of both
+services gets it, a killed worker of either service is replaced within 2 s, SIGTERM stops the whole tree."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import threading
+import time
+
+import pytest
+
+from relay import stun
+from relay.stun import Attr, Method
+from tests.support.appliance_process import ApplianceProcess
+from tests.support.relay_process import EchoPeer, RawTurnClient, error_code
+from tests.support.revproxy_process import Nodes, Pki, request
+
+
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory):
+    where = tmp_path_factory.mktemp("appliance")
+    nodes = Nodes(where)
+    yield Pki(where), nodes
+    nodes.close()
+
+
+@pytest.fixture
+def appliance(shared, tmp_path):
+    pki, nodes = shared
+    made: list[ApplianceProcess] = []
+
+    def make(relay: dict | None = None, revproxy: dict | None = None) -> ApplianceProcess:
+        process = ApplianceProcess(tmp_path, relay or {}, {"certificate": str(pki.bundle),
+                                                           "nodes": nodes.addresses("a"), **(revproxy or {})},
+                                   users={"alice": "secret"})
+        made.append(process.start())
+        return process
+
+    yield make
+    for process in made:
+        assert process.stop() == 0, process.log()[-3000:]
+        assert "Traceback" not in process.log()
+
+
+def open_events(pki: Pki, port: int):
+    raw = socket.create_connection(("127.0.0.1", port), timeout=5)
+    stream = pki.client_context().wrap_socket(raw, server_hostname="localhost")
+    stream.sendall(b"GET /api/client/v2/conferences/x/events?interval=0.1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
+    return stream
+
+
+def read_event(stream) -> bytes:
+    buf = b""
+    while b"\n\n" not in buf.split(b"event: tick", 1)[-1]:
+        data = stream.recv(4096)
+        assert data, "the /events stream was closed"
+        buf += data
+    return buf
+
+
+class PingPong(threading.Thread):
+    """ChannelData through an allocation to an echo peer, one at a time, until stopped: every ping must return."""
+
+    def __init__(self, turn: RawTurnClient, channel: int = 0x4000) -> None:
+        super().__init__(daemon=True)
+        self.turn, self.channel = turn, channel
+        self.sent = self.received = 0
+        self.running = True
+
+    def run(self) -> None:
+        self.turn.sock.settimeout(1.0)
+        while self.running:
+            payload = b"%08d" % self.sent
+            self.turn.send_bytes(stun.encode_channel_data(self.channel, payload))
+            self.sent += 1
+            try:
+                while True:
+                    frame = self.turn.recv_frame()
+                    if stun.is_channel_data(frame) and stun.parse_channel_data(frame)[1] == payload:
+                        self.received += 1
+                        break
+            except TimeoutError:
+                pass
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        self.running = False
+        self.join(5)
+
+
+def allocate_with_channel(port: int, peer: EchoPeer, username: str = "alice", password: str = "secret"):
+    turn = RawTurnClient(("127.0.0.1", port), username=username, password=password)
+    assert error_code(turn.allocate()) is None
+    response = turn.request(Method.CHANNEL_BIND, [(Attr.CHANNEL_NUMBER, 0x4000),
+                                                  (Attr.XOR_PEER_ADDRESS, peer.address)])
+    assert error_code(response) is None
+    return turn
+
+
+def test_sighup_reloads_both_services_and_drops_no_allocation_request_or_stream(shared, appliance):
+    pki, nodes = shared
+    process = appliance()
+    assert {request(pki, process.https_port).json()["node"] for _ in range(3)} == {"a"}
+    stream = open_events(pki, process.https_port)
+    read_event(stream)
+    peer = EchoPeer()
+    turn = allocate_with_channel(process.relay_port, peer)
+    pings = PingPong(turn)
+    pings.start()
+    try:
+        time.sleep(0.3)
+        process.proxy_table["nodes"] = nodes.addresses("b", "c")
+        process.users["bob"] = "hunter2"
+        process.write()
+        process.signal(signal.SIGHUP)
+        assert process.wait_log(lambda log: "] reloaded " in log and "configuration reloaded" in log), process.log()
+        time.sleep(0.3)
+    finally:
+        pings.stop()
+    assert pings.sent > 50 and pings.received == pings.sent
+    # The proxy now uses the new nodes, the relay knows the new user, nothing open was cut.
+    assert {request(pki, process.https_port).json()["node"] for _ in range(6)} == {"b", "c"}
+    bob = RawTurnClient(("127.0.0.1", process.relay_port), username="bob", password="hunter2")
+    assert error_code(bob.allocate()) is None
+    assert error_code(turn.request(Method.REFRESH, [(Attr.LIFETIME, 600)])) is None
+    for _ in range(3):
+        assert b"event: tick" in read_event(stream)
+    stream.close()
+    for closing in (turn, bob, peer):
+        closing.close()
+
+
+def test_reload_that_changes_listen_port_range_or_relay_ip_says_it_needs_a_restart(appliance):
+    process = appliance()
+    process.relay_table["max_port"] = 45498
+    process.relay_table["relay_ip"] = "127.0.0.2"
+    process.write()
+    process.signal(signal.SIGHUP)
+    assert process.wait_log(lambda log: "needs a restart" in log)
+    line = next(line for line in process.log().splitlines() if "needs a restart" in line)
+    assert "max_port" in line and "relay_ip" in line
+
+
+def wait_replaced(process: ApplianceProcess, slot: tuple[str, int], old_pid: int, ready: str, timeout: float):
+    """Seconds until a new worker in `slot` has logged `ready`, or None."""
+    started = time.monotonic()
+    before = process.log().count(ready)
+    while time.monotonic() - started < timeout:
+        if process.workers().get(slot, old_pid) != old_pid and process.log().count(ready) > before:
+            return time.monotonic() - started
+        time.sleep(0.01)
+    return None
+
+
+def test_workers_of_both_services_get_sighup_and_a_killed_one_is_replaced_within_2_s(shared, appliance):
+    pki, _nodes = shared
+    process = appliance(relay={"workers": 2}, revproxy={"workers": 2})
+    assert process.wait_log(lambda log: log.count("relay ready") == 2 and log.count("revproxy listening") == 2)
+    workers = process.workers()
+    assert sorted(workers) == [("relay", 0), ("relay", 1), ("revproxy", 0), ("revproxy", 1)]
+
+    process.signal(signal.SIGHUP)
+    assert process.wait_log(lambda log: log.count("configuration reloaded") == 2 and log.count("] reloaded ") == 2)
+
+    peer = EchoPeer()
+    survivors = [allocate_with_channel(process.relay_port, peer) for _ in range(6)]
+    try:
+        for slot, ready in ((("relay", 1), "relay ready"), (("revproxy", 0), "revproxy listening")):
+            os.kill(workers[slot], signal.SIGKILL)
+            took = wait_replaced(process, slot, workers[slot], ready, timeout=5)
+            assert took is not None and took < 2.0, (slot, took, process.log()[-3000:])
+            print(f"{slot[0]} worker replaced in {took:.2f} s")
+            assert f"{slot[0]} worker {slot[1]} ended" in process.log()
+        # The proxy answers on its shared port throughout, and the relay's other worker kept its allocations.
+        assert all(request(pki, process.https_port).status == 200 for _ in range(10))
+        kept = [turn for turn in survivors if error_code(turn.request(Method.REFRESH, [(Attr.LIFETIME, 600)])) is None]
+        assert kept
+    finally:
+        peer.close()
+        for turn in survivors:
+            turn.close()
+    pids = set(process.workers().values())
+    assert process.stop() == 0
+    for pid in pids:  # SIGTERM stopped the whole tree
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
