@@ -306,3 +306,60 @@ def test_rpturn_status_says_in_one_line_when_the_appliance_is_not_running(tmp_pa
     assert out.stdout == ""
     assert out.stderr.startswith("rpturn status: the appliance is not running (nothing answers on 127.0.0.1:")
     assert out.stderr.count("\n") == 1 and "Traceback" not in out.stderr
+
+
+def test_figures_are_summed_over_workers_and_survive_a_killed_worker(tmp_path):
+    """workers = 2 for both services: each worker publishes its own figures; /metrics sums them, a worker killed
+    with SIGKILL is replaced and counted as a restart, and what it had counted stays in the totals."""
+    pki = Pki(tmp_path)
+    nodes = Nodes(tmp_path, names=("a",))
+    relay_port, https_port, management_port = free_port(), free_port(), free_port()
+    config = write_appliance_config(tmp_path / "rpturn.toml", {
+        "relay": {"listen": [f"127.0.0.1:{relay_port}"], "realm": "rpturn.test", "min_port": 46000,
+                  "max_port": 46999, "relay_ip": "127.0.0.1", "allowed_peers": ["127.0.0.0/8"], "workers": 2,
+                  "users": {"alice": "secret"}},
+        "revproxy": {"https": f"127.0.0.1:{https_port}", "http": "", "certificate": str(pki.bundle),
+                     "nodes": nodes.addresses("a"), "workers": 2},
+        "management": {"listen": f"127.0.0.1:{management_port}"},
+    })
+    app = Appliance(tmp_path, config, management_port)
+    # 16 clients: the kernel spreads their 5-tuples over both workers (all on one: odds 2 in 65 536)
+    clients = [RawTurnClient(("127.0.0.1", relay_port)) for _ in range(16)]
+    try:
+        wait_for_port("127.0.0.1", https_port, 20, app.proc)
+        deadline = time.monotonic() + 20
+        while udp_binding("127.0.0.1", relay_port, timeout=0.2) is None:
+            assert time.monotonic() < deadline, app.log()
+        for client in clients:
+            client.learn_nonce()
+            assert error_code(client.allocate()) is None
+        for _ in range(10):
+            assert request(pki, https_port, path="/whoami").status == 200
+        values = scrape_until(app, lambda v: metric(v, "rpturn_turn_allocations", transport="udp") == 16
+                              and metric(v, "rpturn_proxy_requests_total") == 10
+                              and metric(v, "rpturn_workers", service="relay") == 2
+                              and metric(v, "rpturn_workers", service="revproxy") == 2)
+        assert metric(values, "rpturn_turn_allocations", transport="udp") == 16
+        assert metric(values, "rpturn_proxy_requests_total") == 10
+        assert metric(values, "rpturn_workers", service="relay") == 2
+        assert metric(values, "rpturn_workers", service="revproxy") == 2
+        for process in ("main", "relay-0", "relay-1", "revproxy-0", "revproxy-1"):
+            assert metric(values, "rpturn_process_resident_memory_bytes", process=process) > 2**20, process
+
+        status = json.loads(app.get("/status")[2])
+        per_worker = {p["process"]: p["pid"] for p in status["processes"]}
+        os.kill(per_worker["relay-0"], 9)
+        after = scrape_until(app, lambda v: metric(v, "rpturn_worker_restarts_total", service="relay") == 1
+                             and metric(v, "rpturn_workers", service="relay") == 2, timeout=15)
+        assert metric(after, "rpturn_worker_restarts_total", service="relay") == 1
+        assert metric(after, "rpturn_worker_restarts_total", service="revproxy") == 0
+        assert metric(after, "rpturn_workers", service="relay") == 2
+        # The dead worker's allocations are gone from the gauge; what it counted stays in the counters.
+        assert metric(after, "rpturn_turn_allocations", transport="udp") < 16
+        assert metric(after, "rpturn_turn_allocations_created_total") == 16
+        assert json.loads(app.get("/status")[2])["relay"]["worker_restarts"] == 1
+    finally:
+        for client in clients:
+            client.close()
+        app.stop()
+        nodes.close()
