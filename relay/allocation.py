@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 Address = tuple[str, int]
-FiveTuple = tuple[str, Address, Address]  # ("udp"|"tcp", client (host, port), server (host, port))
+FiveTuple = tuple[str, Address, Address]  # ("udp"|"tcp"|"tls", client (host, port), server (host, port))
 ClientSender = Callable[[bytes], None]  # sends bytes to this client over its own transport
 
 
@@ -73,6 +73,18 @@ class TurnSettings:
     reservation_lifetime: int = 30  # EVEN-PORT R bit: how long the next port stays reserved (RFC 5766 14.9)
     transaction_lifetime: float = 40.0  # how long a response is replayed to retransmissions (RFC 5389 7.3.1)
     channel_cooldown: int = 300  # a channel's number and peer stay reserved after it expires (RFC 5766 11)
+    # TCP control connections holding no allocation (relay.control_connections): per source IP, in all (also at
+    # most a quarter of the open-files limit), seconds each may stay open, bytes each may buffer.
+    tcp_unallocated_per_ip: int = 64
+    tcp_unallocated_max: int = 10_000
+    tcp_unallocated_lifetime: float = 60.0
+    tcp_unallocated_buffer: int = 4096
+    # Retransmission cache (relay.transactions): entries per user, bytes in all.
+    transactions_per_user: int = 5_000
+    transaction_cache_bytes: int = 16 * 1024 * 1024
+    # Requests from clients without an allocation, per source IP (relay.source_limit): a second, burst; 0 = off.
+    unauthenticated_rate: float = 50.0
+    unauthenticated_burst: float = 100.0
 
 
 class TurnError(Exception):
@@ -121,7 +133,7 @@ class Allocation:
         self.five_tuple = five_tuple
         self.username = username
         self.send = send
-        self.pad = five_tuple[0] == "tcp"  # ChannelData is padded to 4 bytes over TCP (RFC 5766 11.5)
+        self.pad = five_tuple[0] != "udp"  # ChannelData is padded to 4 bytes over TCP and TLS (RFC 5766 11.5)
         self.created_at = now
         self.lifetime = lifetime
         self.expires_at = now + lifetime
