@@ -342,11 +342,11 @@ def _check_binding(report: _Report, loaded: dict[str, tuple[Any, set[str]]], tab
                 appliance = _Appliance.find(pidfile, document)
             owner = appliance.owns(b.kind, b.port)
             if owner is True:
-                report.add(b.table, b.key, f"{where} is in use by the running rpturn ({appliance.running.describe()})"
-                           ": fine for a reload, a restart frees it first", Severity.WARNING)
+                report.add(b.table, b.key, f"{where} is in use by the running rpturn ({appliance.who()}): fine for a "
+                           "reload, a restart frees it first", Severity.WARNING)
             elif owner is None and appliance.running:
-                report.add(b.table, b.key, f"{where} is in use (is rpturn running? {appliance.running.describe()}; "
-                           "this user cannot see which process holds it)", Severity.WARNING)
+                report.add(b.table, b.key, f"{where} is in use (is rpturn running? {appliance.who()}; this user "
+                           "cannot see which process holds it)", Severity.WARNING)
             else:
                 report.add(b.table, b.key, f"{where} is already in use by another process")
         elif failure.errno == errno.EADDRNOTAVAIL:
@@ -371,6 +371,9 @@ class _Appliance:
         listen = management.get("listen") if isinstance(management, dict) else None
         state = running.detect(pidfile or running.default_pidfile(), listen if isinstance(listen, str) else None)
         return cls(state, _socket_inodes(_process_tree(state.pid)) if state.pid else None)
+
+    def who(self) -> str:
+        return f"pid {self.running.pid}" if self.running.pid else self.running.describe()
 
     def owns(self, kind: str, port: int) -> bool | None:
         """True: the running rpturn holds `port`; False: someone else does; None: cannot tell."""

@@ -4,19 +4,21 @@ give a traceback; ports held by the running appliance are warnings. Binding only
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import io
 import re
 import socket
 import subprocess
-import sys
 import tomllib
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from appliance import cli
 from tests.support.net import free_port
-from tests.support.revproxy_process import ROOT, VENV_BIN, Pki, toml_value
+from tests.support.revproxy_process import ROOT, TWISTD, VENV_BIN, Pki, toml_value, wait_for_port
 
 RPTURN = str(VENV_BIN / "rpturn")
 SAMPLE = ROOT / "conf" / "rpturn.toml"
@@ -67,8 +69,18 @@ class Setup:
         return path
 
 
+def check_here(path: Path) -> subprocess.CompletedProcess:
+    """The same command in this process (no interpreter start-up): for the many one-value cases."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = cli.main(["check", "--config", str(path), "--pidfile", str(path.parent / "none.pid")])
+    return subprocess.CompletedProcess([], status, out.getvalue(), "")
+
+
 def check(path: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
-    r = subprocess.run([RPTURN, "check", "--config", str(path), "--pidfile", str(path.parent / "none.pid"), *args],
+    if "--pidfile" not in args:
+        args = ("--pidfile", str(path.parent / "none.pid"), *args)
+    r = subprocess.run([RPTURN, "check", "--config", str(path), *args],
                        capture_output=True, text=True, timeout=30, cwd=str(cwd or path.parent))
     assert "Traceback" not in r.stdout + r.stderr, r.stdout + r.stderr
     return r
@@ -107,7 +119,7 @@ def test_sample_config_passes(setup):
 ])
 def test_each_bad_value_is_one_line_naming_file_table_and_key(setup, tables, line):
     path = setup.write(**tables)
-    r = check(path)
+    r = check_here(path)
     assert r.returncode == 1
     assert f"{path}: {line}" in r.stdout, r.stdout
 
@@ -179,7 +191,7 @@ def bundle_case(pki: Pki, case: str) -> tuple[bytes, ...]:
 def test_bad_certificate_bundle_is_an_error(setup, pki, case, words):
     bundle = pki.write(f"{case}.pem", *bundle_case(pki, case))
     path = setup.write(revproxy={"certificate": str(bundle), "hostname": "meet.example.com"})
-    r = check(path)
+    r = check_here(path)
     assert r.returncode == 1, r.stdout
     assert f"{path}: [revproxy] certificate: {bundle}: {words}" in r.stdout
 
@@ -254,43 +266,32 @@ def test_listen_address_not_on_this_host_is_an_error(setup):
     assert f"{path}: [revproxy] https: cannot listen on 192.0.2.1:8443 (TCP): not an address of this host" in r.stdout
 
 
-HOLDER = """# rpturn stand-in: holds the ports as the running appliance's process tree would
-import socket, sys, time
-socks = []
-for kind, port in [("tcp", int(sys.argv[1])), ("udp", int(sys.argv[2]))]:
-    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM if kind == "tcp" else socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", port))
-    if kind == "tcp":
-        s.listen()
-    socks.append(s)
-print("ready", flush=True)
-time.sleep(60)
-"""
-
-
 def test_ports_held_by_the_running_appliance_are_warnings(setup, tmp_path):
-    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(setup.ports["https"]), str(setup.ports["relay"])],
-                              stdout=subprocess.PIPE, text=True)
+    """Next to the real `twistd rpturn`: its own ports are warnings (exit 0); a port someone else holds is not."""
+    pidfile = tmp_path / "rpturn.pid"
+    log = (tmp_path / "twistd.log").open("wb")
+    proc = subprocess.Popen([TWISTD, "-n", f"--pidfile={pidfile}", "rpturn", "--config", str(setup.sample)],
+                            cwd=str(tmp_path), stdout=log, stderr=subprocess.STDOUT)
     try:
-        assert holder.stdout.readline().strip() == "ready"
-        pidfile = tmp_path / "rpturn.pid"
-        pidfile.write_text(f"{holder.pid}\n")
-        r = subprocess.run([RPTURN, "check", "--config", str(setup.sample), "--pidfile", str(pidfile)],
-                           capture_output=True, text=True, timeout=30, cwd=str(tmp_path))
+        wait_for_port("127.0.0.1", setup.ports["management"], 20, proc)
+        wait_for_port("127.0.0.1", setup.ports["https"], 20, proc)
+        r = check(setup.sample, "--pidfile", str(pidfile))
         assert r.returncode == 0, r.stdout
-        assert (f"warning: {setup.sample}: [revproxy] https: 127.0.0.1:{setup.ports['https']} (TCP) is in use by the "
-                f"running rpturn (pid {holder.pid})") in r.stdout
-        assert (f"warning: {setup.sample}: [relay] listen: 127.0.0.1:{setup.ports['relay']} (UDP) is in use by the "
-                f"running rpturn (pid {holder.pid})") in r.stdout
-        # A port the appliance does not hold is someone else's, even while rpturn runs.
+        for table, key, port, kind in (("relay", "listen", "relay", "UDP"), ("relay", "listen", "relay", "TCP"),
+                                       ("revproxy", "https", "https", "TCP"), ("revproxy", "http", "http", "TCP"),
+                                       ("management", "listen", "management", "TCP")):
+            assert (f"warning: {setup.sample}: [{table}] {key}: 127.0.0.1:{setup.ports[port]} ({kind}) is in use by "
+                    f"the running rpturn (pid {proc.pid}): fine for a reload") in r.stdout, r.stdout
+        # A new https port that another process holds is an error, even while rpturn runs.
         with socket.socket() as other:
-            other.bind(("127.0.0.1", setup.ports["http"]))
+            other.bind(("127.0.0.1", 0))
             other.listen()
-            r = subprocess.run([RPTURN, "check", "--config", str(setup.sample), "--pidfile", str(pidfile)],
-                               capture_output=True, text=True, timeout=30, cwd=str(tmp_path))
+            taken = other.getsockname()[1]
+            path = setup.write(revproxy={"https": f"127.0.0.1:{taken}"})
+            r = check(path, "--pidfile", str(pidfile))
         assert r.returncode == 1
-        http = setup.ports["http"]
-        assert f"[revproxy] http: 127.0.0.1:{http} (TCP) is already in use by another process" in r.stdout
+        assert f"{path}: [revproxy] https: 127.0.0.1:{taken} (TCP) is already in use by another process" in r.stdout
     finally:
-        holder.kill()
-        holder.wait()
+        proc.terminate()
+        proc.wait(30)
+        log.close()
