@@ -7,13 +7,11 @@ in `stats`, read by the `relay stats` line and exported by the metrics layer). N
 reads the clock outside `handle_stun` and `expire`, or imports Twisted: log lines go to the injected `emit`.
 
 The per-packet paths (ChannelData, Send indications, peer datagrams) go straight to the `Allocation`: one dict
-look-up here, then its own. Everything else is a request; from a client without an allocation it first passes its
-source's token bucket (relay.source_limit), so a flood is dropped before any parsing:
+look-up here, then its own. Everything else is a request:
 - Binding: answered at once, no authentication (relay.handlers.binding);
 - TURN requests: a retransmission gets the cached answer (relay.transactions), otherwise the long-term
   credential check (relay.authenticator), then the handler (relay.handlers); the answer is signed with the
   user's key, cached and returned.
-- TCP control connections without an allocation are admitted, capped and timed out by relay.control_connections.
 - Restricted mode (`turn_clients`, relay.restricted): a TURN request from a source outside the list gets no answer
   at all and is counted (`turn_restricted`); Binding is answered for anyone. ChannelData and Send indications
   need an allocation, which only an allowed source can make, so the per-packet path checks nothing more; those
@@ -29,12 +27,10 @@ from typing import TYPE_CHECKING
 from relay import handlers
 from relay.allocation import Allocation, ClientSender, FiveTuple, RelayOpener, TurnError, TurnSettings
 from relay.authenticator import Authenticator
-from relay.control_connections import Admission, ControlConnections
 from relay.events import EventLog, EventSink, discard
 from relay.quota import LocalQuota
 from relay.relay_ports import RelayPorts
 from relay.restricted import TurnClients
-from relay.source_limit import SourceRateLimiter
 from relay.stun import (
     MAGIC_COOKIE,
     Attr,
@@ -87,14 +83,11 @@ class TurnServer:
         self.quota: Quota = quota if quota is not None else LocalQuota()
         self.allocations: dict[FiveTuple, Allocation] = {}
         self.stats: collections.Counter[str] = collections.Counter()
-        self.events = EventLog(emit, clock)
+        self.events = EventLog(emit)
         self.relay_ports = RelayPorts(ports, open_relay)
         self.authenticator = Authenticator(settings.realm, credentials, nonces, self.events, self.stats, secrets)
         self.turn_clients = turn_clients if turn_clients is not None else TurnClients()
-        self.transactions = TransactionCache(settings.transactions_per_user, settings.transaction_cache_bytes)
-        self.connections = ControlConnections(settings.tcp_unallocated_per_ip, settings.tcp_unallocated_max,
-                                              settings.tcp_unallocated_lifetime)
-        self.sources = SourceRateLimiter(settings.unauthenticated_rate, settings.unauthenticated_burst)
+        self.transactions = TransactionCache()
 
     @property
     def credentials(self) -> CredentialStore:
@@ -121,12 +114,6 @@ class TurnServer:
         if settings is not None:
             self.settings = settings
             self.authenticator.realm = settings.realm
-            self.transactions.per_user = settings.transactions_per_user
-            self.transactions.max_bytes = settings.transaction_cache_bytes
-            connections = self.connections
-            connections.per_ip, connections.max_total = settings.tcp_unallocated_per_ip, settings.tcp_unallocated_max
-            connections.lifetime = settings.tcp_unallocated_lifetime
-            self.sources.rate, self.sources.burst = settings.unauthenticated_rate, settings.unauthenticated_burst
         if credentials is not None:
             self.authenticator.credentials = credentials
         if policy is not None:
@@ -142,10 +129,6 @@ class TurnServer:
         """A whole STUN message (never ChannelData) from a client: the response to send back, or None."""
         if data[:2] == _SEND_INDICATION_TYPE:
             self._send_indication(data, five_tuple)
-            return None
-        if (five_tuple not in self.allocations and self.sources.rate
-                and not self.sources.allow(five_tuple[1][0], self.clock())):
-            self.stats["rate_limited"] += 1
             return None
         try:
             request = parse(data)
@@ -187,19 +170,8 @@ class TurnServer:
             return
         allocation.on_client_channel_data(data)
 
-    def tcp_connection_made(self, five_tuple: FiveTuple, close: Callable[[], None],
-                            fd_limit: int | None = None) -> bool:
-        """A client opened a TCP control connection: False when a limit refuses it (the shell closes it at once).
-        `close` ends the connection when it outlives `tcp_unallocated_lifetime` without an allocation."""
-        admission = self.connections.opened(five_tuple, close, self.clock(), fd_limit)
-        if admission is Admission.ADMITTED:
-            return True
-        self.stats["tcp_refused_per_source" if admission is Admission.PER_SOURCE_LIMIT else "tcp_refused_global"] += 1
-        return False
-
     def connection_lost(self, five_tuple: FiveTuple) -> None:
         """The client's TCP control connection closed: its allocation goes with it (RFC 5766 2.1)."""
-        self.connections.closed(five_tuple)
         allocation = self.allocations.get(five_tuple)
         if allocation is not None:
             self.delete(allocation, "connection-lost")
@@ -215,10 +187,6 @@ class TurnServer:
                 allocation.sweep(now, cooldown)
         self.relay_ports.expire(now)
         self.transactions.expire(now)
-        expired = self.connections.expire(now)
-        if expired:
-            self.stats["tcp_unallocated_expired"] += expired
-        self.events.flush(now)
 
     def close(self) -> None:
         """Shutdown: delete every allocation and reservation."""
@@ -230,9 +198,6 @@ class TurnServer:
     def delete(self, allocation: Allocation, reason: str) -> None:
         """Delete an allocation: its socket closed, its port and quota given back, one log line."""
         del self.allocations[allocation.five_tuple]
-        if allocation.five_tuple[0] != "udp" and reason != "connection-lost":
-            # The control connection stays open without an allocation: bounded again as any such connection.
-            self.connections.deallocated(allocation.five_tuple, self.clock())
         allocation.close()
         self.relay_ports.release(allocation.port)
         self.quota.release(allocation.username)
@@ -278,8 +243,7 @@ class TurnServer:
         except TurnError as refusal:
             response = self._error(request, refusal)
         raw = self._finish(request, response, key)
-        self.transactions.put(five_tuple, request.transaction_id, raw, now + self.settings.transaction_lifetime,
-                              username)
+        self.transactions.put(five_tuple, request.transaction_id, raw, now + self.settings.transaction_lifetime)
         return raw
 
     def _error(self, request: Message, refusal: TurnError) -> Message:
