@@ -90,7 +90,8 @@ class _Report:
 
 
 def check(path: str, *, service: str = "all", pidfile: str | None = None, bind: bool = True) -> list[Issue]:
-    """Every problem of the config at `path`, as `Issue`s in file order; [] when all is well."""
+    """Every problem of the config at `path`, as `Issue`s (file, tables, userdb, certificates, addresses); [] when
+    all is well. `rpturn setup` and `rpturn cert install` call this too."""
     report = _Report(path)
     document = _read(path, report)
     if document is None:
@@ -109,7 +110,7 @@ def check(path: str, *, service: str = "all", pidfile: str | None = None, bind: 
     for name in (*wanted, "management"):
         value = document.get(name, {})
         if not isinstance(value, dict):
-            report.add(name, "-", f"must be a table, got {value!r}")
+            report.add(name, "-", f"must be a table, got {value!r:.60}")
             continue
         tables[name] = value
 
@@ -195,9 +196,6 @@ def _check_userdb(report: _Report, table: dict[str, Any]) -> None:
         data = read_userdb_bytes(userdb)
     except UserDbError as exc:
         report.add("relay", "userdb", str(exc))
-        return
-    if os.path.isdir(userdb):
-        report.add("relay", "userdb", f"{userdb}: is a directory, not a userdb file")
         return
     # The parser stops at a bad line: blank it out and go on, so every bad line is listed (up to a limit).
     lines = data.splitlines()
