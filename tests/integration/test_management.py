@@ -15,15 +15,15 @@ import shutil
 import subprocess
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay import stun
+from tests.support.appliance_process import ApplianceProcess
 from tests.support.net import free_port
 from tests.support.relay_process import EchoPeer, RawTurnClient, error_code, udp_binding
-from tests.support.revproxy_process import ROOT, TWISTD, Nodes, Pki, request, toml_value, wait_for_port
+from tests.support.revproxy_process import ROOT, Nodes, Pki, request
 from tests.support.tmux import Terminal
 
 RPTURN = str(ROOT / ".venv" / "bin" / "rpturn")
@@ -33,51 +33,15 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 PROXY_REQUESTS = 6
 
 
-def write_appliance_config(path: Path, tables: dict[str, dict]) -> Path:
-    lines = []
-    for name, table in tables.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in table.items() if not isinstance(v, dict)]
-        for k, v in table.items():
-            if isinstance(v, dict):
-                lines.append(f"[{name}.{k}]")
-                lines += [f"{toml_value(kk)} = {toml_value(vv)}" for kk, vv in v.items()]
-        lines.append("")
-    path.write_text("\n".join(lines))
-    return path
-
-
-class Appliance:
-    """`twistd -n --pidfile= rpturn --config FILE` with its output in a log file."""
-
-    def __init__(self, where: Path, config: Path, management_port: int) -> None:
-        self.log_path = where / "rpturn.log"
-        self.management_port = management_port
-        self.proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", "--logfile", str(self.log_path), "rpturn",
-                                      "--config", str(config)], cwd=str(where), stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT)
-        wait_for_port("127.0.0.1", management_port, 20, self.proc)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-    def get(self, path: str, source: str = "127.0.0.1") -> tuple[int, str, bytes]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.management_port, timeout=10, source_address=(source, 0))
-        try:
-            conn.request("GET", path)
-            r = conn.getresponse()
-            return r.status, r.getheader("content-type", ""), r.read()
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+def get(app: ApplianceProcess, path: str, source: str = "127.0.0.1") -> tuple[int, str, bytes]:
+    """GET from the appliance's management listener, from a chosen loopback source address."""
+    conn = http.client.HTTPConnection("127.0.0.1", app.management_port, timeout=10, source_address=(source, 0))
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, r.getheader("content-type", ""), r.read()
+    finally:
+        conn.close()
 
 
 def samples(text: str) -> dict[tuple[str, tuple], float]:
@@ -98,27 +62,17 @@ def appliance(tmp_path_factory):
     pki = Pki(where)
     nodes = Nodes(where, names=("a", "b"))
     peer = EchoPeer()
-    relay_port, https_port, management_port = free_port(), free_port(), free_port()
-    config = write_appliance_config(where / "rpturn.toml", {
-        "relay": {"listen": [f"127.0.0.1:{relay_port}"], "realm": "rpturn.test", "min_port": 45000,
-                  "max_port": 45999, "relay_ip": "127.0.0.1", "allowed_peers": ["127.0.0.0/8"],
-                  "users": {"alice": "secret"}},
-        "revproxy": {"https": f"127.0.0.1:{https_port}", "http": "", "certificate": str(pki.bundle),
-                     "nodes": nodes.addresses("a", "b"), "fail_timeout": 120.0},
-        "management": {"listen": f"127.0.0.1:{management_port}", "allow": ["127.0.0.1/32"]},
-    })
+    app = ApplianceProcess(where, relay={"min_port": 45500, "max_port": 45999}, users={"alice": "secret"},
+                           revproxy={"certificate": str(pki.bundle), "nodes": nodes.addresses("a", "b"),
+                                     "fail_timeout": 120},
+                           management={"allow": ["127.0.0.1/32"]})
     nodes.stop("b")
-    app = Appliance(where, config, management_port)
     clients: list[RawTurnClient] = []
     try:
-        deadline = time.monotonic() + 15
-        while udp_binding("127.0.0.1", relay_port, timeout=0.2) is None:
-            assert time.monotonic() < deadline, app.log()
-        app.where, app.config, app.pki, app.nodes, app.https_port = where, config, pki, nodes, https_port
-        app.relay = ("127.0.0.1", relay_port)
-        app.peer = peer
-        app.clients = clients
-        app.baseline = samples(app.get("/metrics")[2].decode())
+        app.start()
+        app.pki, app.nodes, app.peer, app.clients = pki, nodes, peer, clients
+        app.relay = ("127.0.0.1", app.relay_port)
+        app.baseline = samples(get(app, "/metrics")[2].decode())
         yield app
     finally:
         for c in clients:
@@ -159,7 +113,7 @@ def scrape_until(app, check, timeout: float = 10.0) -> dict:
     """Scrape until `check(values)` holds (a worker's figures may be up to a second old); the last values."""
     deadline = time.monotonic() + timeout
     while True:
-        code, _, body = app.get("/metrics")
+        code, _, body = get(app, "/metrics")
         assert code == 200
         values = samples(body.decode())
         if check(values) or time.monotonic() > deadline:
@@ -172,7 +126,7 @@ def test_metrics_after_real_traffic_pass_promtool_and_carry_the_figures(traffic,
     before = app.baseline
     values = scrape_until(app, lambda v: metric(v, "rpturn_proxy_requests_total") >= PROXY_REQUESTS
                           and metric(v, "rpturn_turn_allocations", transport="tcp") == 1)
-    _, content_type, body = app.get("/metrics")
+    _, content_type, body = get(app, "/metrics")
     assert content_type.startswith("text/plain; version=0.0.4")
     checked = subprocess.run([PROMTOOL, "check", "metrics"], input=body, capture_output=True, timeout=30)
     assert checked.returncode == 0, checked.stdout + checked.stderr
@@ -206,7 +160,7 @@ def test_metrics_after_real_traffic_pass_promtool_and_carry_the_figures(traffic,
 
 def test_status_json_has_the_relay_allocations_and_the_nodes(traffic):
     app = traffic
-    code, content_type, body = app.get("/status")
+    code, content_type, body = get(app, "/status")
     assert code == 200 and content_type == "application/json"
     status = json.loads(body)
     assert status["relay"]["allocations"] == 2
@@ -219,10 +173,10 @@ def test_status_json_has_the_relay_allocations_and_the_nodes(traffic):
 def test_a_loopback_source_outside_allow_is_refused(traffic):
     app = traffic
     for path in ("/metrics", "/status", "/"):
-        code, _, body = app.get(path, source="127.0.0.2")
+        code, _, body = get(app, path, source="127.0.0.2")
         assert code == 403, path
         assert b"rpturn_" not in body and b"allocations" not in body
-    assert app.get("/status", source="127.0.0.1")[0] == 200
+    assert get(app, "/status", source="127.0.0.1")[0] == 200
     assert "management listener refused" in app.log()
 
 
@@ -284,7 +238,7 @@ def test_the_status_page_renders_in_headless_chromium(traffic, tmp_path):
 
 def test_rpturn_status_shows_the_table_in_a_terminal(traffic):
     app = traffic
-    with Terminal([RPTURN, "status", "--config", str(app.config)], cwd=str(app.where)) as term:
+    with Terminal([RPTURN, "status", "--config", str(app.config_path)], cwd=str(app.tmp_path)) as term:
         screen = term.expect(r"Processes:")
         assert term.exit_status() == 0
     assert "rpturn appliance: running" in screen
@@ -292,7 +246,7 @@ def test_rpturn_status_shows_the_table_in_a_terminal(traffic):
     b = app.nodes.addresses("b")[0]
     assert "nodes: 1 of 2 up" in screen
     assert f"{b}  DOWN" in screen
-    out = subprocess.run([RPTURN, "status", "--json", "--config", str(app.config)], capture_output=True,
+    out = subprocess.run([RPTURN, "status", "--json", "--config", str(app.config_path)], capture_output=True,
                          text=True, timeout=30)
     assert out.returncode == 0
     assert json.loads(out.stdout)["relay"]["allocations"] == 2
@@ -300,7 +254,8 @@ def test_rpturn_status_shows_the_table_in_a_terminal(traffic):
 
 def test_rpturn_status_says_in_one_line_when_the_appliance_is_not_running(tmp_path):
     port = free_port()
-    config = write_appliance_config(tmp_path / "rpturn.toml", {"management": {"listen": f"127.0.0.1:{port}"}})
+    config = tmp_path / "rpturn.toml"
+    config.write_text(f'[management]\nlisten = "127.0.0.1:{port}"\n')
     out = subprocess.run([RPTURN, "status", "--config", str(config)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 1
     assert out.stdout == ""
@@ -313,28 +268,17 @@ def test_figures_are_summed_over_workers_and_survive_a_killed_worker(tmp_path):
     with SIGKILL is replaced and counted as a restart, and what it had counted stays in the totals."""
     pki = Pki(tmp_path)
     nodes = Nodes(tmp_path, names=("a",))
-    relay_port, https_port, management_port = free_port(), free_port(), free_port()
-    config = write_appliance_config(tmp_path / "rpturn.toml", {
-        "relay": {"listen": [f"127.0.0.1:{relay_port}"], "realm": "rpturn.test", "min_port": 46000,
-                  "max_port": 46999, "relay_ip": "127.0.0.1", "allowed_peers": ["127.0.0.0/8"], "workers": 2,
-                  "users": {"alice": "secret"}},
-        "revproxy": {"https": f"127.0.0.1:{https_port}", "http": "", "certificate": str(pki.bundle),
-                     "nodes": nodes.addresses("a"), "workers": 2},
-        "management": {"listen": f"127.0.0.1:{management_port}"},
-    })
-    app = Appliance(tmp_path, config, management_port)
+    app = ApplianceProcess(tmp_path, relay={"workers": 2}, users={"alice": "secret"},
+                           revproxy={"certificate": str(pki.bundle), "nodes": nodes.addresses("a"), "workers": 2})
     # 16 clients: the kernel spreads their 5-tuples over both workers (all on one: odds 2 in 65 536)
-    clients = [RawTurnClient(("127.0.0.1", relay_port)) for _ in range(16)]
+    clients = [RawTurnClient(("127.0.0.1", app.relay_port)) for _ in range(16)]
     try:
-        wait_for_port("127.0.0.1", https_port, 20, app.proc)
-        deadline = time.monotonic() + 20
-        while udp_binding("127.0.0.1", relay_port, timeout=0.2) is None:
-            assert time.monotonic() < deadline, app.log()
+        app.start()
         for client in clients:
             client.learn_nonce()
             assert error_code(client.allocate()) is None
         for _ in range(10):
-            assert request(pki, https_port, path="/whoami").status == 200
+            assert request(pki, app.https_port, path="/whoami").status == 200
         values = scrape_until(app, lambda v: metric(v, "rpturn_turn_allocations", transport="udp") == 16
                               and metric(v, "rpturn_proxy_requests_total") == 10
                               and metric(v, "rpturn_workers", service="relay") == 2
@@ -346,7 +290,7 @@ def test_figures_are_summed_over_workers_and_survive_a_killed_worker(tmp_path):
         for process in ("main", "relay-0", "relay-1", "revproxy-0", "revproxy-1"):
             assert metric(values, "rpturn_process_resident_memory_bytes", process=process) > 2**20, process
 
-        status = json.loads(app.get("/status")[2])
+        status = json.loads(get(app, "/status")[2])
         per_worker = {p["process"]: p["pid"] for p in status["processes"]}
         os.kill(per_worker["relay-0"], 9)
         after = scrape_until(app, lambda v: metric(v, "rpturn_worker_restarts_total", service="relay") == 1
@@ -357,7 +301,7 @@ def test_figures_are_summed_over_workers_and_survive_a_killed_worker(tmp_path):
         # The dead worker's allocations are gone from the gauge; what it counted stays in the counters.
         assert metric(after, "rpturn_turn_allocations", transport="udp") < 16
         assert metric(after, "rpturn_turn_allocations_created_total") == 16
-        assert json.loads(app.get("/status")[2])["relay"]["worker_restarts"] == 1
+        assert json.loads(get(app, "/status")[2])["relay"]["worker_restarts"] == 1
     finally:
         for client in clients:
             client.close()

@@ -18,15 +18,18 @@ STARTED = re.compile(r"(relay|revproxy) worker (\d+) started \(pid (\d+)\)")
 class ApplianceProcess:
     """`twistd -n --pidfile= --logfile <tmp> rpturn --config <tmp>.toml`, config written from dicts."""
 
-    def __init__(self, tmp_path: Path, relay: dict, revproxy: dict, users: dict[str, str]) -> None:
+    def __init__(self, tmp_path: Path, relay: dict, revproxy: dict, users: dict[str, str],
+                 management: dict | None = None) -> None:
         self.tmp_path = tmp_path
         self.config_path = tmp_path / "rpturn.toml"
         self.log_path = tmp_path / "rpturn.log"
-        self.relay_port, self.https_port = free_port(), free_port()
+        self.relay_port, self.https_port, self.management_port = free_port(), free_port(), free_port()
         self.relay_table = {"listen": [f"127.0.0.1:{self.relay_port}"], "realm": "rpturn.test", "min_port": 45100,
                             "max_port": 45499, "relay_ip": "127.0.0.1", "allowed_peers": ["127.0.0.0/8"], **relay}
         self.proxy_table = {"https": f"127.0.0.1:{self.https_port}", "http": "", "fail_timeout": 1, **revproxy}
         self.users = dict(users)
+        # Its own management port: the default 127.0.0.1:9641 would collide with any other appliance running here.
+        self.management_table = {"listen": f"127.0.0.1:{self.management_port}", **(management or {})}
         self.write()
         self.process: subprocess.Popen | None = None
 
@@ -35,6 +38,7 @@ class ApplianceProcess:
         lines = ["[relay]"] + [f"{k} = {toml_value(v)}" for k, v in self.relay_table.items()]
         lines += ["", "[relay.users]"] + [f"{toml_value(u)} = {toml_value(p)}" for u, p in self.users.items()]
         lines += ["", "[revproxy]"] + [f"{k} = {toml_value(v)}" for k, v in self.proxy_table.items()]
+        lines += ["", "[management]"] + [f"{k} = {toml_value(v)}" for k, v in self.management_table.items()]
         self.config_path.write_text("\n".join(lines) + "\n")
 
     def start(self) -> ApplianceProcess:
