@@ -14,7 +14,7 @@ import pytest
 from relay import stun
 from relay.stun import Attr, Method
 from tests.support.appliance_process import ApplianceProcess
-from tests.support.relay_process import EchoPeer, RawTurnClient, error_code
+from tests.support.relay_process import EchoPeer, RawTurnClient, error_code, udp_binding
 from tests.support.revproxy_process import Nodes, Pki, request
 
 
@@ -31,10 +31,10 @@ def appliance(shared, tmp_path):
     pki, nodes = shared
     made: list[ApplianceProcess] = []
 
-    def make(relay: dict | None = None, revproxy: dict | None = None) -> ApplianceProcess:
+    def make(relay: dict | None = None, revproxy: dict | None = None, env: dict | None = None) -> ApplianceProcess:
         process = ApplianceProcess(tmp_path, relay or {}, {"certificate": str(pki.bundle),
                                                            "nodes": nodes.addresses("a"), **(revproxy or {})},
-                                   users={"alice": "secret"})
+                                   users={"alice": "secret"}, env=env)
         made.append(process.start())
         return process
 
@@ -186,3 +186,23 @@ def test_workers_of_both_services_get_sighup_and_a_killed_one_is_replaced_within
     for pid in pids:  # SIGTERM stopped the whole tree
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_systemd_hears_ready_once_listening_reloading_around_a_reload_and_stopping(appliance, tmp_path):
+    notify_path = str(tmp_path / "notify.sock")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(notify_path)
+        notify.settimeout(10)
+        process = appliance(relay={"workers": 2}, env={"NOTIFY_SOCKET": notify_path})
+        assert notify.recv(1024) == b"READY=1"
+        # Every listener was bound before READY=1: the relay answers and the proxy accepts.
+        assert udp_binding("127.0.0.1", process.relay_port) is not None
+        socket.create_connection(("127.0.0.1", process.https_port), timeout=2).close()
+        process.signal(signal.SIGHUP)
+        assert notify.recv(1024).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+        assert notify.recv(1024) == b"READY=1"
+        assert process.stop() == 0
+        assert notify.recv(1024) == b"STOPPING=1"
+        notify.settimeout(0.5)
+        with pytest.raises(TimeoutError):  # the workers never speak to systemd themselves
+            notify.recv(1024)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -19,8 +20,9 @@ class ApplianceProcess:
     """`twistd -n --pidfile= --logfile <tmp> rpturn --config <tmp>.toml`, config written from dicts."""
 
     def __init__(self, tmp_path: Path, relay: dict, revproxy: dict, users: dict[str, str],
-                 management: dict | None = None) -> None:
+                 env: dict[str, str] | None = None, management: dict | None = None) -> None:
         self.tmp_path = tmp_path
+        self.env = {**os.environ, **(env or {})}
         self.config_path = tmp_path / "rpturn.toml"
         self.log_path = tmp_path / "rpturn.log"
         self.relay_port, self.https_port, self.management_port = free_port(), free_port(), free_port()
@@ -44,7 +46,7 @@ class ApplianceProcess:
     def start(self) -> ApplianceProcess:
         self.process = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", "--logfile", str(self.log_path), "rpturn", "--config", str(self.config_path)],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env)
         deadline = time.monotonic() + 20
         while udp_binding("127.0.0.1", self.relay_port, timeout=0.2) is None:
             if self.process.poll() is not None or time.monotonic() > deadline:

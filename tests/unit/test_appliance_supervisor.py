@@ -1,0 +1,176 @@
+"""The supervisor's bookkeeping and the SIGHUP dispatcher, on a fake clock and fake processes (no real workers:
+those are in tests/integration/test_appliance_process.py)."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+from twisted.internet.error import ProcessTerminated
+from twisted.internet.task import Clock
+from twisted.python.failure import Failure
+
+from appliance import sdnotify
+from appliance.config import ConfigError
+from appliance.signals import Signals
+from appliance.sockets import Listener
+from appliance.supervisor import MAX_RESTART_DELAY, RESTART_DELAY, STABLE_AFTER, Supervisor, WorkerGroup
+
+
+class FakeTransport:
+    def __init__(self, pid: int) -> None:
+        self.pid = pid
+        self.written = b""
+        self.signals: list = []
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def closeStdin(self) -> None:
+        pass
+
+    def signalProcess(self, signum) -> None:
+        self.signals.append(signum)
+
+
+class FakeReactor(Clock):
+    def __init__(self) -> None:
+        super().__init__()
+        self.spawned: list = []  # (protocol, argv, childFDs)
+
+    def spawnProcess(self, protocol, executable, args, env, childFDs):
+        protocol.makeConnection(FakeTransport(1000 + len(self.spawned)))
+        self.spawned.append((protocol, args, childFDs, env))
+        return protocol.transport
+
+
+def group(count: int = 2, **kwargs) -> WorkerGroup:
+    return WorkerGroup("relay", count, "relay.workers", "x.toml",
+                       [Listener("udp", "127.0.0.1", 0, "relay", "listen"),
+                        Listener("tcp", "127.0.0.1", 0, "relay", "listen")], {"secret": "s"}, **kwargs)
+
+
+def die(protocol) -> None:
+    protocol.processEnded(Failure(ProcessTerminated(signal=9)))
+
+
+@pytest.fixture
+def running():
+    reactor = FakeReactor()
+    supervisor = Supervisor([group()], reactor)
+    supervisor.startService()
+    yield reactor, supervisor
+    supervisor._close_sockets()
+
+
+def test_each_worker_gets_its_own_bound_sockets_and_spec(running):
+    reactor, supervisor = running
+    assert len(reactor.spawned) == 2
+    for index, (protocol, argv, child_fds, _env) in enumerate(reactor.spawned):
+        assert argv[1:] == ["-m", "appliance.worker"]
+        assert sorted(child_fds) == [0, 1, 2, 3, 4]
+        own = [s.fileno() for s in supervisor.sockets["relay", index]]
+        assert [child_fds[3], child_fds[4]] == own
+        spec = json.loads(protocol.transport.written)
+        assert (spec["service"], spec["worker"], spec["workers"], spec["spec"]) == ("relay", index, 2, {"secret": "s"})
+        assert spec["listeners"] == [["udp", "127.0.0.1", 0], ["tcp", "127.0.0.1", 0]]
+    # Two workers, two separate sockets each, all in one SO_REUSEPORT group.
+    assert len({s.fileno() for socks in supervisor.sockets.values() for s in socks}) == 4
+
+
+def test_workers_do_not_inherit_the_notify_socket(monkeypatch):
+    monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
+    reactor = FakeReactor()
+    supervisor = Supervisor([group(1)], reactor)
+    supervisor.startService()
+    assert "NOTIFY_SOCKET" not in reactor.spawned[0][3]
+    supervisor._close_sockets()
+
+
+def test_a_dead_worker_is_replaced_with_a_doubling_back_off(running):
+    reactor, supervisor = running
+    delays = []
+    for _ in range(12):
+        spawned = len(reactor.spawned)
+        die(supervisor.workers["relay", 1])
+        [restart] = reactor.getDelayedCalls()
+        delays.append(restart.getTime() - reactor.seconds())
+        reactor.advance(delays[-1] - 0.001)
+        assert len(reactor.spawned) == spawned  # not before its time
+        reactor.advance(restart.getTime() - reactor.seconds())
+        assert len(reactor.spawned) == spawned + 1
+    assert delays[:3] == pytest.approx([RESTART_DELAY, 2 * RESTART_DELAY, 4 * RESTART_DELAY])
+    assert max(delays) == pytest.approx(MAX_RESTART_DELAY) == delays[-1]
+    # The replacement runs in the same slot, on the same sockets.
+    protocol, _, child_fds, _ = reactor.spawned[-1]
+    assert protocol.index == 1 and child_fds[3] == supervisor.sockets["relay", 1][0].fileno()
+
+
+def test_a_worker_that_ran_a_while_restarts_without_back_off(running):
+    reactor, supervisor = running
+    for _ in range(3):
+        die(supervisor.workers["relay", 0])
+        reactor.advance(MAX_RESTART_DELAY)
+    reactor.advance(STABLE_AFTER + 1)
+    spawned = len(reactor.spawned)
+    die(supervisor.workers["relay", 0])
+    reactor.advance(RESTART_DELAY)
+    assert len(reactor.spawned) == spawned + 1
+
+
+def test_reload_signals_every_worker(running):
+    import signal
+
+    reactor, supervisor = running
+    supervisor.reload()
+    assert [p.transport.signals for p, *_ in reactor.spawned] == [[signal.SIGHUP], [signal.SIGHUP]]
+
+
+def test_stop_terms_all_kills_stragglers_and_restarts_nobody(running):
+    import signal
+
+    reactor, supervisor = running
+    stopped = supervisor.stopService()
+    first, second = (p for p, *_ in reactor.spawned)
+    assert first.transport.signals == [signal.SIGTERM] == second.transport.signals
+    die(first)
+    reactor.advance(10.0)  # the group's stop_timeout
+    assert second.transport.signals == [signal.SIGTERM, "KILL"]
+    die(second)
+    assert stopped.called and len(reactor.spawned) == 2 and supervisor.sockets == {}
+
+
+def test_a_port_in_use_is_a_config_error_and_nothing_stays_bound():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as holder:
+        holder.bind(("127.0.0.1", 0))
+        port = holder.getsockname()[1]
+        taken = WorkerGroup("relay", 2, "relay.workers", "x.toml",
+                            [Listener("tcp", "127.0.0.1", port, "relay", "listen"),
+                             Listener("udp", "127.0.0.1", port, "relay", "listen")])
+        with pytest.raises(ConfigError) as raised:
+            Supervisor([taken], FakeReactor())
+    assert str(raised.value) == (f"x.toml: [relay] listen: the relay cannot listen on 127.0.0.1:{port} (UDP): "
+                                 "already in use (another process listens there)")
+
+
+def test_sighup_runs_every_reload_even_after_one_fails(tmp_path, monkeypatch):
+    notify_path = str(tmp_path / "notify")
+    calls = []
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(notify_path)
+        notify.settimeout(1)
+        monkeypatch.setenv("NOTIFY_SOCKET", notify_path)
+        signals = Signals(Clock())
+        signals.on_reload("relay", lambda: calls.append("relay"))
+        signals.on_reload("revproxy", lambda: 1 / 0)
+        signals.on_reload("workers", lambda: calls.append("workers"))
+        signals.reload()
+        assert calls == ["relay", "workers"]
+        assert notify.recv(100).startswith(b"RELOADING=1\nMONOTONIC_USEC=")
+        assert notify.recv(100) == b"READY=1"
+
+
+def test_sd_notify_does_nothing_outside_systemd(monkeypatch):
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert sdnotify.notify(sdnotify.READY) is False
