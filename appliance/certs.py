@@ -64,6 +64,7 @@ class Problem(enum.Enum):
     ORDER = "order"
     KEY_MISMATCH = "key-mismatch"
     CHAIN_ORDER = "chain-order"
+    CHAIN_SIGNATURE = "chain-signature"
     BAD_PEM = "bad-pem"
     NOT_YET_VALID = "not-yet-valid"
     EXPIRED = "expired"
@@ -216,10 +217,10 @@ def read_bundle(path: str) -> Bundle:
 # -- the server context ------------------------------------------------------------------------------------------
 
 
-def server_context(path: str) -> ssl.SSLContext:
+def server_context(path: str, alpn: tuple[str, ...] = ("http/1.1",)) -> ssl.SSLContext:
     """The bundle is checked first (order, key match, no encryption) for one clear message; OpenSSL then reads
     it itself: the first certificate is the leaf, the key block is skipped, every later certificate is sent as the
-    chain in file order."""
+    chain in file order. `alpn`: the protocols offered (the relay's TURN over TLS may offer others, or none)."""
     read_bundle(path)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -231,20 +232,21 @@ def server_context(path: str) -> ssl.SSLContext:
         raise BundleError(f"{path}: OpenSSL refused it: {e}") from None
     # The stdlib context already has the server session cache (id context set) and TLS 1.2/1.3 tickets on, and
     # SSL_MODE_RELEASE_BUFFERS: idle connections give their record buffers back (10 000 open /events streams).
-    ctx.set_alpn_protocols(["http/1.1"])
+    if alpn:
+        ctx.set_alpn_protocols(list(alpn))
     return ctx
 
 
 class ServerTLS:
     """Gives each new connection the current context; `reload` swaps it, open connections keep theirs."""
 
-    def __init__(self, path: str) -> None:
-        self.path = path
-        self.context = server_context(path)
+    def __init__(self, path: str, alpn: tuple[str, ...] = ("http/1.1",)) -> None:
+        self.path, self.alpn = path, alpn
+        self.context = server_context(path, alpn)
 
     def reload(self, path: str) -> None:
         """Build the new context first: a bad new bundle raises BundleError and the current one stays in use."""
-        self.context = server_context(path)
+        self.context = server_context(path, self.alpn)
         self.path = path
 
     def wrap(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> ssl.SSLObject:
@@ -374,6 +376,22 @@ def _validity(certs: list[x509.Certificate], now: datetime.datetime) -> list[Fin
     return findings
 
 
+def _bad_signatures(certs: list[x509.Certificate]) -> list[Finding]:
+    """A certificate followed by one with its issuer's name but not its issuer's key: an intermediate of another
+    generation of the CA (re-keyed under the same name). Names alone look right; clients still fail."""
+    findings = []
+    for child, parent in itertools.pairwise(certs):
+        if child.issuer != parent.subject:
+            continue  # reported as wrong order
+        try:
+            child.verify_directly_issued_by(parent)
+        except (ValueError, TypeError, InvalidSignature):
+            findings.append(_error(Problem.CHAIN_SIGNATURE, f"{child.subject.rfc4514_string()} is not signed by the "
+                                   f"key of the next certificate ({parent.subject.rfc4514_string()}, serial "
+                                   f"{parent.serial_number:x}): use the intermediate that issued it"))
+    return findings
+
+
 def _missing_intermediate(leaf: x509.Certificate, chain: tuple[x509.Certificate, ...]) -> Finding | None:
     """The leaf is not self-signed and its issuer is not in the bundle: clients that do not fetch intermediates
     themselves (the Pexip apps, most non-browser clients) cannot build a path to a root."""
@@ -399,6 +417,7 @@ def inspect_bundle(data: bytes, hostname: str | None = None, *, now: datetime.da
     # operator sees all that is wrong at once.
     leaf, chain = certs[0], tuple(certs[1:])
     findings += _validity(certs, now)
+    findings += _bad_signatures(certs)
     if hostname:
         names = names_of(leaf)
         if not hostname_matches(hostname, names):

@@ -91,6 +91,14 @@ def test_every_problem_is_reported_at_once(pki):
     assert got.description is not None and got.description.names == ("old.example.com",)
 
 
+def test_intermediate_with_the_right_name_but_another_key_is_an_error(pki, tmp_path):
+    other_generation = Pki(tmp_path)  # its intermediate has the same name, and its own key
+    got = certs.inspect_bundle(pki.leaf_pem + pki.key_pem + other_generation.intermediate_pem)
+    assert problems(got) == [(Severity.ERROR, Problem.CHAIN_SIGNATURE)]
+    assert got.findings[0].message.startswith("CN=localhost is not signed by the key of the next certificate "
+                                              "(CN=rpturn test intermediate, serial ")
+
+
 def test_expired_certificate_is_an_error_but_still_loads(pki, tmp_path):
     cert, key = pki.issue(valid=(-10 * DAY, -DAY))
     got = certs.inspect_bundle(cert + key + pki.intermediate_pem)
