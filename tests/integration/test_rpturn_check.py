@@ -295,3 +295,13 @@ def test_ports_held_by_the_running_appliance_are_warnings(setup, tmp_path):
         proc.terminate()
         proc.wait(30)
         log.close()
+
+
+def test_service_option_checks_one_service_and_no_bind_skips_binding(setup):
+    path = setup.write(revproxy={"balance": "random"})
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.bind(("127.0.0.1", setup.ports["relay"]))
+        assert check(path, "--service", "relay").returncode == 1  # the relay's port in use
+        r = check(path, "--service", "relay", "--no-bind")
+    assert r.returncode == 0 and "[revproxy]" not in r.stdout, r.stdout
+    assert check(path, "--service", "revproxy", "--no-bind").returncode == 1
