@@ -26,6 +26,8 @@ def write_config(tmp_path: Path, relay: dict | None = None, revproxy: dict | Non
         "revproxy": {"https": f"127.0.0.1:{ports['https']}", "http": f"127.0.0.1:{ports['http']}",
                      "nodes": ["127.0.0.2:443"], "self_signed": str(tmp_path / "selfsigned.pem"),
                      **(revproxy or {})},
+        # its own port: the default 127.0.0.1:9641 may be taken by another appliance on this machine
+        "management": {"listen": f"127.0.0.1:{free_port()}"},
     }
     lines = []
     for name, table in tables.items():
