@@ -83,6 +83,10 @@ def proxy_metrics(proxy: ServiceFigures) -> Iterator[Metric]:
                                         "addresses banned (ban), requests answered 429 (blocked).",
                                         labels=["event"]), "event", {k: guard.get(k, 0)
                                                                      for k in ("failure", "ban", "blocked")})
+    acme = c.get("acme", {})
+    yield _labelled(CounterMetricFamily("rpturn_proxy_acme_events", "ACME: certificates obtained (renewed) and "
+                                        "failed attempts (failed; the last good certificate stays).",
+                                        labels=["event"]), "event", {k: acme.get(k, 0) for k in ("renewed", "failed")})
     yield GaugeMetricFamily("rpturn_proxy_active_requests", "Requests in progress.", value=g.get("active", 0))
     yield GaugeMetricFamily("rpturn_proxy_event_streams", "Open server-sent-event (/events) streams.",
                             value=g.get("event_streams", 0))

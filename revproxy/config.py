@@ -14,6 +14,7 @@ from typing import Any
 
 from appliance import config as shared
 from appliance.config import ConfigError, format_hostport, parse_hostport
+from revproxy import acme as acme_settings
 from revproxy.pin_guard import PinGuardSettings, settings_from_table
 
 TABLE = "revproxy"
@@ -75,6 +76,7 @@ class ProxyConfig:
     access_log: bool = True
     workers: int = 1
     pin_guard: PinGuardSettings = field(default_factory=PinGuardSettings)  # [revproxy.pin_guard]
+    acme: acme_settings.AcmeSettings | None = None  # automatic certificates, see revproxy/acme.py
 
 
 BALANCES = ("round_robin", "client_ip")
@@ -156,6 +158,12 @@ def from_table(table: dict[str, Any], path: str = "<config>") -> ProxyConfig:
         except ValueError as e:
             key, _, problem = str(e).partition(": ")
             raise ConfigError(path, f"{TABLE}.pin_guard", key, problem) from None
+    if "acme" in table:
+        try:
+            values["acme"] = acme_settings.settings_from_table(table["acme"])
+        except ValueError as e:
+            key, _, problem = str(e).partition(": ")
+            raise error(path, "acme" if key == "-" else f"acme.{key}", problem) from None
     return ProxyConfig(**values)
 
 

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.protocol import Protocol, ServerFactory
 
-from revproxy import http1
+from revproxy import acme, http1
 from revproxy.heads import simple_response
 from revproxy.http1 import MAX_HEAD, HeadBuffer, HTTPError
 from revproxy.timers import Deadline
@@ -52,6 +52,12 @@ class RedirectConnection(Deadline, Protocol):
             self.answer(simple_response(e.status, e.detail.encode() + b"\n"))
             return
         cfg = self.ctx.config
+        if cfg.acme is not None and head.target.startswith(acme.CHALLENGE_PREFIX):  # HTTP-01 validation
+            body = acme.challenge_response(cfg.acme.challenges_dir, head.target)
+            self.answer(simple_response(404, b"no such challenge\n") if body is None else
+                        b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n"
+                        b"Connection: close\r\n\r\n%s" % (len(body), body))
+            return
         self.ctx.stats.redirects += 1
         target = location(head, cfg.hostname, cfg.https.port if cfg.https else 443)
         self.answer(b"HTTP/1.1 301 Moved Permanently\r\nLocation: %s\r\nContent-Length: 0\r\n"

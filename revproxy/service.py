@@ -9,6 +9,7 @@ worker. SIGHUP reaches `RevproxyService.reload` through `appliance.signals`.
 
 from __future__ import annotations
 
+import os
 import socket
 from typing import Any
 
@@ -25,6 +26,7 @@ from appliance.sockets import Listener, bind_all, bind_tcp
 from appliance.startup import ServicePlan
 from revproxy import config as configmod
 from revproxy import guards, stats, tls
+from revproxy.acme_service import AcmeService
 from revproxy.balancer import Balancer, Node
 from revproxy.client import ProxyFactory
 from revproxy.config import ConfigError, ProxyConfig
@@ -55,6 +57,8 @@ def resolve_nodes(config: ProxyConfig) -> tuple[list[Node], dict[str, object]]:
 
 
 def certificate_path(config: ProxyConfig) -> str:
+    if config.acme is not None and os.path.exists(config.acme.bundle_path):
+        return config.acme.bundle_path  # obtained over ACME (until then: the configured or self-signed one)
     if config.certificate:
         return config.certificate
     try:
@@ -155,6 +159,8 @@ class RevproxyService(MultiService):
         self._set_health(config)
         # Its figures for the appliance's management listener (appliance.stats), read from plain counters.
         StatsPublisher("revproxy", worker_index, lambda: stats.service_snapshot(self), reactor).setServiceParent(self)
+        self.acme = AcmeService(self, worker_index, reactor)  # idle unless [revproxy] acme is set
+        self.acme.setServiceParent(self)
 
     @property
     def config(self) -> ProxyConfig:

@@ -114,4 +114,6 @@ def service_snapshot(service: Any) -> dict:
     snapshot = proxy_snapshot(ctx.stats, ctx.active, ctx.balancer.status(), info)
     if ctx.pin_guard is not None:  # revproxy.guards: failure, ban, blocked
         snapshot["counters"]["pin_guard"] = dict(ctx.pin_guard.events)
+    if getattr(service, "acme", None) is not None:  # revproxy.acme_service: renewed, failed
+        snapshot["counters"]["acme"] = dict(service.acme.events)
     return snapshot

@@ -1,0 +1,97 @@
+"""Automatic certificates end to end: the real `twistd rpturn` obtains a certificate from a real ACME server
+(Debian's pebble on loopback, validating HTTP-01 on our port-80 listener), serves it (checked with openssl
+s_client), renews it when told the renewal window is open, and keeps the last good one when the server is gone."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import tomlkit
+
+from tests.support.operated_appliance import OperatedAppliance, loopback_config, port_of
+from tests.support.pebble import Pebble
+from tests.support.revproxy_process import Pki
+
+
+def served(port: int) -> tuple[str, str]:
+    """(issuer, sha256) of the certificate the HTTPS port presents, as openssl s_client sees it."""
+    hello = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", "localhost"],
+                           input=b"", capture_output=True, timeout=20)
+    out = subprocess.run(["openssl", "x509", "-noout", "-issuer", "-fingerprint", "-sha256"], input=hello.stdout,
+                         capture_output=True, timeout=20).stdout.decode()
+    issuer = next((line.split("=", 1)[1].strip() for line in out.splitlines() if line.startswith("issuer")), "")
+    fingerprint = next((line.split("=", 1)[1] for line in out.splitlines() if "Fingerprint" in line), "")
+    return issuer, fingerprint
+
+
+def wait_for(predicate, timeout: float, what: str, log=lambda: "") -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"{what} within {timeout} s\n{log()[-3000:]}"
+        time.sleep(0.2)
+
+
+def metric(port: int, name: str) -> float:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+    finally:
+        conn.close()
+    for line in text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+def test_certificate_obtained_served_renewed_and_kept_when_the_server_is_gone(tmp_path: Path):
+    pki = Pki(tmp_path)
+    config, tables = loopback_config(tmp_path)
+    http_port, https_port = port_of(tables["revproxy"]["http"]), port_of(tables["revproxy"]["https"])
+    management = port_of(tables["management"]["listen"])
+    pebble = Pebble(tmp_path, pki, http_port)
+    state = tmp_path / "acme"
+    tables["revproxy"]["acme"] = {"directory": pebble.directory, "email": "ops@example.com",
+                                  "ca_file": str(pki.root), "state_dir": str(state), "check_interval": 1}
+    config.write_text(tomlkit.dumps(tables))
+    app = OperatedAppliance(tmp_path, config, https_port)
+    try:
+        wait_for(lambda: served(https_port)[0].startswith("CN = Pebble Intermediate"), 30,
+                 "a certificate from pebble served", app.log)
+        first = served(https_port)[1]
+        bundle = state / "certificate.pem"
+        assert (bundle.stat().st_mode & 0o777) == 0o600
+        assert "acme: installed a certificate for localhost" in app.log()
+        assert "GET /.well-known/acme-challenge/" in pebble.log() or "Attempting to validate w/ HTTP" in pebble.log()
+        wait_for(lambda: metric(management, 'rpturn_proxy_acme_events_total{event="renewed"}') >= 1, 10,
+                 "the renewal counted in /metrics")
+        time.sleep(2.5)  # two more checks: a certificate with years left is not renewed
+        assert served(https_port)[1] == first
+        assert app.log().count("acme: installed a certificate") == 1
+
+        # The renewal window opens (as it would 30 days before expiry): a new certificate is obtained and served.
+        tables["revproxy"]["acme"]["renew_days"] = 3650
+        config.write_text(tomlkit.dumps(tables))
+        os.kill(int(app.pidfile.read_text()), signal.SIGHUP)
+        wait_for(lambda: served(https_port)[1] not in ("", first), 30, "a renewed certificate served", app.log)
+        assert "it expires in" in app.log()
+
+        # The ACME server goes away: renewals fail, are logged and counted, and the last good certificate stays.
+        pebble.stop()
+        wait_for(lambda: "acme: could not obtain a certificate" in app.log(), 30, "a failed renewal logged",
+                 app.log)
+        last_good = bundle.read_bytes()
+        current = served(https_port)
+        assert current[0].startswith("CN = Pebble Intermediate") and current[1] != first
+        wait_for(lambda: metric(management, 'rpturn_proxy_acme_events_total{event="failed"}') >= 1, 10,
+                 "the failure counted in /metrics")
+        assert bundle.read_bytes() == last_good
+        assert "Traceback" not in app.log()
+    finally:
+        app.stop()
+        pebble.stop()
