@@ -25,6 +25,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from appliance import stats
+from appliance.config import ConfigError
 from appliance.management_config import TABLE, ManagementConfig, load_management_config
 from appliance.metrics import CONTENT_TYPE, render
 from appliance.sockets import Listener, bind_listener, family_of
@@ -141,6 +142,7 @@ class ManagementService(Service):
         self.directory = directory
         os.environ[stats.ENV_DIR] = directory  # inherited by every worker spawned from now on
         self.figures = Figures(directory)
+        self.resource = ManagementResource(config, self.figures)
         self.port = None
         if self.owns_directory:
             # After every service stopped: the workers write their last figures while the supervisor stops them.
@@ -148,7 +150,7 @@ class ManagementService(Service):
 
     def startService(self) -> None:
         super().startService()
-        site = _QuietSite(ManagementResource(self.config, self.figures))
+        site = _QuietSite(self.resource)
         host, _ = self.config.listen
         self.port = self.reactor.adoptStreamPort(self.socket.fileno(), family_of(host), site)
         self.socket.close()  # the reactor holds its own duplicate
@@ -159,6 +161,19 @@ class ManagementService(Service):
     def stopService(self):
         super().stopService()
         return self.port.stopListening() if self.port is not None else None
+
+    def reload(self) -> None:
+        """SIGHUP: a new `allow` applies to the next request; a new `listen` needs a restart."""
+        try:
+            new = load_management_config(self.config.source)
+        except ConfigError as exc:
+            log.error("reload refused, the management listener keeps its configuration: {error}", error=str(exc))
+            return
+        if new.listen != self.config.listen:
+            log.warn("[management] listen changed in {path}: that needs a restart; still listening on the old "
+                     "address", path=self.config.source)
+            new = ManagementConfig(listen=self.config.listen, allow=new.allow, source=new.source)
+        self.config = self.resource.config = new
 
 
 def management_service(path: str, reactor) -> ManagementService | None:

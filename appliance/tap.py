@@ -44,6 +44,7 @@ def makeService(options: Options) -> Any:
         ], reactor)
         if management is not None:
             management.setServiceParent(top)
+            top.signals.on_reload("management", management.reload)
         return top
 
     return exit_on_config_error(make)

@@ -12,6 +12,8 @@ import http.client
 import json
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import time
 import urllib.request
@@ -23,7 +25,7 @@ from relay import stun
 from tests.support.appliance_process import ApplianceProcess
 from tests.support.net import free_port
 from tests.support.relay_process import EchoPeer, RawTurnClient, error_code, udp_binding
-from tests.support.revproxy_process import ROOT, Nodes, Pki, request
+from tests.support.revproxy_process import ROOT, TWISTD, Nodes, Pki, request
 from tests.support.tmux import Terminal
 
 RPTURN = str(ROOT / ".venv" / "bin" / "rpturn")
@@ -180,6 +182,26 @@ def test_a_loopback_source_outside_allow_is_refused(traffic):
     assert "management listener refused" in app.log()
 
 
+def wait_code(app, source: str, code: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while get(app, "/status", source=source)[0] != code:
+        assert time.monotonic() < deadline, app.log()[-2000:]
+        time.sleep(0.1)
+
+
+def test_sighup_applies_a_new_allow_list(traffic):
+    app = traffic
+    app.management_table["allow"] = ["127.0.0.1/32", "127.0.0.2/32"]
+    app.write()
+    app.signal(signal.SIGHUP)
+    wait_code(app, "127.0.0.2", 200)
+    app.management_table["allow"] = ["127.0.0.1/32"]
+    app.write()
+    app.signal(signal.SIGHUP)
+    wait_code(app, "127.0.0.2", 403)
+    assert get(app, "/status")[0] == 200
+
+
 def test_a_real_prometheus_server_scrapes_it(traffic, tmp_path):
     app = traffic
     port = free_port()
@@ -307,3 +329,18 @@ def test_figures_are_summed_over_workers_and_survive_a_killed_worker(tmp_path):
             client.close()
         app.stop()
         nodes.close()
+
+
+def test_a_management_port_in_use_is_a_one_line_start_error(tmp_path):
+    app = ApplianceProcess(tmp_path, relay={}, revproxy={"nodes": ["127.0.0.2:443"],
+                                                         "self_signed": str(tmp_path / "selfsigned.pem")},
+                           users={"alice": "secret"})
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", app.management_port))
+        taken.listen()
+        out = subprocess.run([TWISTD, "-n", "--pidfile=", "rpturn", "--config", str(app.config_path)],
+                             capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    assert out.returncode != 0
+    lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
+    assert lines == [f"{app.config_path}: [management] listen: the management cannot listen on "
+                     f"127.0.0.1:{app.management_port} (TCP): already in use (another process listens there)"]
