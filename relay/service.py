@@ -19,6 +19,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
+from appliance.certs import BundleError
 from appliance.limits import raise_open_files_limit as raise_limit
 from appliance.publisher import StatsPublisher
 from appliance.sockets import Listener, bind_all, check_local_address
@@ -30,6 +31,8 @@ from relay.dispatch import TurnServer
 from relay.policy import PeerPolicy
 from relay.ports import PortPool
 from relay.quota import LocalQuota, Quota
+from relay.restauth import SecretsFileError, SharedSecrets
+from relay.restricted import TurnClients
 from relay.shell import DatagramSocket, listen_tcp, listen_udp, log_event, relay_opener
 from relay.stats import service_snapshot
 
@@ -108,8 +111,11 @@ class RelayService(Service):
 
     def __init__(self, config: RelayConfig, reactor, nonce_secret: bytes | None = None,
                  inherited: list | None = None, quota: Quota | None = None, overrides: dict | None = None,
-                 worker: tuple[int, int] = (0, 1)) -> None:
+                 worker: tuple[int, int] = (0, 1), inherited_tls: list | None = None) -> None:
         self.config = config
+        # One TCP socket per tls_listen entry, bound by the supervisor; None: bind them here.
+        self.inherited_tls = inherited_tls
+        self.tls = relay_tls(config)
         self.reactor = reactor
         # [(udp socket, tcp socket)] per listen entry, bound by the worker supervisor; None: bind them here.
         self.inherited = inherited
@@ -128,6 +134,8 @@ class RelayService(Service):
             clock=reactor.seconds,
             quota=quota or LocalQuota(),
             emit=log_event,
+            secrets=SharedSecrets(config.auth_secrets, config.auth_secrets_file),
+            turn_clients=TurnClients(config.turn_clients),
         )
         self.ports: list = []
 
@@ -140,6 +148,16 @@ class RelayService(Service):
             tcp = listen_tcp(self.reactor, self.core, host, port, tcp_sock)
             self.ports += [udp, tcp]
             log.info("relay listening on {host}:{port} (UDP and TCP)", host=host, port=port)
+        for i, (host, port) in enumerate(self.config.tls_listen):
+            from relay.tls import listen_tls
+
+            sock = self.inherited_tls[i] if self.inherited_tls else None
+            self.ports.append(listen_tls(self.reactor, self.core, host, port, self.tls, sock))
+            log.info("relay listening on {host}:{port} (TLS, certificate {certificate})", host=host, port=port,
+                     certificate=self.tls.path)
+        if self.config.turn_clients:
+            log.info("restricted mode: TURN only from {clients}; STUN Binding for anyone",
+                     clients=", ".join(self.config.turn_clients))
         log.info(
             "relay ready: realm {realm}, relay address {relay_ip} (advertised {advertised}), ports {low}-{high}",
             realm=self.config.realm, relay_ip=self.relay_ip, advertised=self.config.external_ip or self.relay_ip,
@@ -162,10 +180,13 @@ class RelayService(Service):
         try:
             new = load_relay_config(source, self.overrides) if source and os.path.exists(source) else self.config
             credentials = CredentialStore(new.realm, new.users, new.userdb)
-        except (ConfigError, UserDbError, OSError) as exc:
+            secrets = SharedSecrets(new.auth_secrets, new.auth_secrets_file)
+            if self.tls is not None:
+                self.tls.reload(new.certificate or self.tls.path)
+        except (ConfigError, UserDbError, SecretsFileError, BundleError, OSError) as exc:
             log.error("reload failed, keeping the running configuration: {error}", error=exc)
             return
-        changed = [key for key in ("listen", "min_port", "max_port", "relay_ip", "workers")
+        changed = [key for key in ("listen", "tls_listen", "min_port", "max_port", "relay_ip", "workers")
                    if getattr(new, key) != getattr(self.config, key)]
         if changed:
             log.warn("{keys} changed in {source}: that needs a restart; running on with the old values",
@@ -174,8 +195,11 @@ class RelayService(Service):
             settings=turn_settings(new, self.relay_ip),
             credentials=credentials,
             policy=peer_policy(new, self.relay_ip),
+            secrets=secrets,
+            turn_clients=TurnClients(new.turn_clients),
         )
-        self.config = dataclasses.replace(new, listen=self.config.listen, min_port=self.config.min_port,
+        self.config = dataclasses.replace(new, listen=self.config.listen, tls_listen=self.config.tls_listen,
+                                          min_port=self.config.min_port,
                                           max_port=self.config.max_port, relay_ip=self.config.relay_ip,
                                           workers=self.config.workers)
         log.info("configuration reloaded from {source}: {users} inline users, userdb {userdb}",
@@ -184,14 +208,14 @@ class RelayService(Service):
 
 def makeService(config: RelayConfig, reactor=None, *, nonce_secret: bytes | None = None, inherited: list | None = None,
                 quota: Quota | None = None, overrides: dict | None = None,
-                worker: tuple[int, int] = (0, 1)) -> MultiService:
+                worker: tuple[int, int] = (0, 1), inherited_tls: list | None = None) -> MultiService:
     """One relay process. `inherited` sockets, `quota`, `nonce_secret` and `worker` (index, count) come from the
     worker supervisor."""
     if reactor is None:
         from twisted.internet import reactor  # the global reactor only when none is given
     top = MultiService()
     relay = RelayService(config, reactor, nonce_secret, inherited=inherited, quota=quota, overrides=overrides,
-                         worker=worker)
+                         worker=worker, inherited_tls=inherited_tls)
     relay.setServiceParent(top)
     sweep = TimerService(1.0, relay.core.expire)
     sweep.clock = reactor
@@ -211,8 +235,31 @@ def log_stats(core: TurnServer) -> None:
 
 
 def listeners(config: RelayConfig) -> list[Listener]:
-    """A UDP and a TCP listener per `listen` entry, in that order."""
-    return [Listener(kind, host, port, TABLE, "listen") for host, port in config.listen for kind in ("udp", "tcp")]
+    """A UDP and a TCP listener per `listen` entry, in that order, then a TCP one per `tls_listen` entry."""
+    plain = [Listener(kind, host, port, TABLE, "listen") for host, port in config.listen for kind in ("udp", "tcp")]
+    return plain + [Listener("tcp", host, port, TABLE, "tls_listen") for host, port in config.tls_listen]
+
+
+def split_sockets(config: RelayConfig, sockets: list) -> tuple[list, list]:
+    """Bound sockets in `listeners` order -> ([(udp, tcp)] per listen entry, [tcp] per tls_listen entry)."""
+    plain = 2 * len(config.listen)
+    return list(zip(sockets[0:plain:2], sockets[1:plain:2], strict=True)), list(sockets[plain:])
+
+
+def relay_tls(config: RelayConfig):
+    """The TLS side of `tls_listen` (None without it); a missing or bad certificate is one ConfigError."""
+    if not config.tls_listen:
+        return None
+    from relay.tls import RelayTLS
+
+    source = config.source or "<config>"
+    if not config.certificate:
+        raise ConfigError(source, TABLE, "certificate",
+                          "tls_listen needs a certificate bundle (under twistd rpturn the proxy's is the default)")
+    try:
+        return RelayTLS(config.certificate)
+    except BundleError as exc:
+        raise ConfigError(source, TABLE, "certificate", str(exc)) from None
 
 
 def check_host(config: RelayConfig) -> None:
@@ -226,6 +273,7 @@ def check_host(config: RelayConfig) -> None:
         raise ConfigError(source, TABLE, "userdb", str(exc)) from None
     except ValueError as exc:
         raise ConfigError(source, TABLE, "users", str(exc)) from None
+    relay_tls(config)
 
 
 def plan(config: RelayConfig, overrides: dict | None, reactor) -> ServicePlan:
@@ -236,6 +284,6 @@ def plan(config: RelayConfig, overrides: dict | None, reactor) -> ServicePlan:
 
         return ServicePlan("relay", group=worker_group(config, overrides or {}))
     bound = bind_all(listeners(config), config.source or "<config>")
-    pairs = list(zip(bound[0::2], bound[1::2], strict=True))
-    service = makeService(config, reactor, inherited=pairs, overrides=overrides)
+    pairs, tls = split_sockets(config, bound)
+    service = makeService(config, reactor, inherited=pairs, overrides=overrides, inherited_tls=tls)
     return ServicePlan("relay", service=service, reload=service.relay.reload)

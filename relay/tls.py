@@ -30,7 +30,7 @@ from zope.interface import implementer
 from appliance.certs import TLS12_CIPHERS, BundleError, read_bundle
 from relay.shell import TurnTCPConnection, TurnTCPFactory
 
-__all__ = ["HANDSHAKE_TIMEOUT", "RelayTLS", "TurnTLSConnection", "tls_context", "tls_factory"]
+__all__ = ["HANDSHAKE_TIMEOUT", "RelayTLS", "TurnTLSConnection", "listen_tls", "tls_context", "tls_factory"]
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds from TCP accept to a finished TLS handshake
 
@@ -125,3 +125,17 @@ class _TLSFactory(TLSMemoryBIOFactory):
 def tls_factory(core: Any, local: tuple[str, int], clock: Any, tls: RelayTLS) -> TLSMemoryBIOFactory:
     """The factory of a `tls_listen` port: TLS around a TURN control connection."""
     return _TLSFactory(tls, False, TurnTLSFactory(core, local, clock))
+
+
+def listen_tls(reactor: Any, core: Any, host: str, port: int, tls: RelayTLS, sock: Any = None) -> Any:
+    """A `tls_listen` listener on host:port, on `sock` when the supervisor handed one down."""
+    from appliance.sockets import bind_tcp
+
+    factory = tls_factory(core, (host, port), reactor, tls)
+    if sock is None:
+        sock = bind_tcp(host, port)
+    sock.setblocking(False)
+    # adoptStreamPort duplicates the descriptor: the reactor's copy is the one that stays open.
+    port_object = reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+    sock.close()
+    return port_object

@@ -28,6 +28,9 @@ def config_table(config: RelayConfig) -> dict[str, Any]:
     """The validated config as a `[relay]` table again (JSON-able), for the workers to validate once more."""
     table = {k: v for k, v in asdict(config).items() if v is not None and k != "source"}
     table["listen"] = [format_hostport(h, p) for h, p in config.listen]
+    table["tls_listen"] = [format_hostport(h, p) for h, p in config.tls_listen]
+    table["auth_secrets"] = list(config.auth_secrets)
+    table["turn_clients"] = list(config.turn_clients)
     table["allowed_peers"] = list(config.allowed_peers)
     table["denied_peers"] = list(config.denied_peers)
     table["users"] = dict(config.users)
@@ -61,12 +64,13 @@ def worker_group(config: RelayConfig, overrides: dict) -> WorkerGroup:
 def worker_service(spec: dict[str, Any], sockets: list[socket.socket], reactor: Any):
     """In a worker process (`appliance.worker`): the relay on the supervisor's sockets, and its reload."""
     from relay.quota import SharedQuota
-    from relay.service import makeService
+    from relay.service import makeService, split_sockets
 
     own = spec["spec"]
     config = relay_config_from_table(own["table"], source=own["source"] or "<supervisor>")
     quota = SharedQuota(own["quota"], spec["worker"], spec["workers"])
-    pairs = list(zip(sockets[0::2], sockets[1::2], strict=True))
+    pairs, tls = split_sockets(config, sockets)
     service = makeService(config, reactor, nonce_secret=bytes.fromhex(own["secret"]), inherited=pairs,
-                          quota=quota, overrides=own["overrides"], worker=(spec["worker"], spec["workers"]))
+                          quota=quota, overrides=own["overrides"], worker=(spec["worker"], spec["workers"]),
+                          inherited_tls=tls)
     return service, service.relay.reload

@@ -1,0 +1,275 @@
+"""The real `twistd relay` with TURN over TLS (`tls_listen`), TURN REST API shared secrets (`auth_secrets`,
+`auth_secrets_file`) and restricted mode (`turn_clients`), driven by coturn's turnutils_uclient, our harness tools
+and raw sockets on loopback."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from relay import stun
+from relay.auth import NonceIssuer
+from relay.restauth import make_credentials
+from tests.support.net import free_port
+from tests.support.relay_process import EchoPeer, RawTurnClient, RelayProcess, error_code, udp_binding
+from tests.support.revproxy_process import Pki
+
+BIN = Path(sys.executable).parent
+FIRST, SECOND = "first-shared-secret-0123456789", "second-shared-secret-0123456789"
+FILE_SECRET = "file-shared-secret-0123456789"
+NONCE_SECRET = "00112233445566778899aabbccddeeff"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("pki"))
+
+
+@pytest.fixture(scope="module")
+def relay(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[RelayProcess]:
+    where = tmp_path_factory.mktemp("relay")
+    secrets_file = where / "secrets"
+    secrets_file.write_text(f"# rotated\n{FILE_SECRET}\n")
+    os.chmod(secrets_file, 0o600)
+    tls_port = free_port()
+    process = RelayProcess(where, tls_listen=[f"127.0.0.1:{tls_port}"], certificate=str(pki.bundle),
+                           auth_secrets=[FIRST, SECOND], auth_secrets_file=str(secrets_file))
+    process.tls_port = tls_port  # type: ignore[attr-defined]
+    process.secrets_file = secrets_file  # type: ignore[attr-defined]
+    process.start()
+    yield process
+    process.stop()
+    assert "Traceback" not in process.log()
+
+
+@pytest.fixture(scope="module")
+def turn_peer() -> Iterator[int]:
+    port = free_port()
+    peer = subprocess.Popen(["turnutils_peer", "-L", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)
+    yield port
+    peer.terminate()
+    peer.wait(5)
+
+
+def turnutils_uclient(port: int, peer_port: int, *flags: str, clients: int = 3, messages: int = 50) -> dict:
+    command = ["turnutils_uclient", *flags, "-p", str(port), "-e", "127.0.0.1", "-r", str(peer_port),
+               "-m", str(clients), "-n", str(messages), "-l", "120", "-z", "5", "127.0.0.1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
+    lost = re.search(r"Total lost packets (\d+) \(([\d.]+)%\)", output)
+    assert totals and lost, output[-2000:]
+    sent, received = map(int, totals[-1])
+    return {"sent": sent, "received": received, "lost": int(lost.group(1)), "output": output}
+
+
+# -- TURN over TLS ---------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode", [(), ("-s",)], ids=["channels", "indications"])
+def test_turnutils_uclient_over_tls_loses_nothing(relay: RelayProcess, turn_peer: int, mode: tuple) -> None:
+    figures = turnutils_uclient(relay.tls_port, turn_peer, "-t", "-S", "-u", "alice", "-w", "secret", *mode)
+    # uclient makes its clients in RTP/RTCP pairs: 3 clients are 4 allocations over TCP/TLS.
+    assert figures["sent"] >= 150 and figures["received"] == figures["sent"] and figures["lost"] == 0, \
+        figures["output"][-1500:]
+
+
+@pytest.mark.parametrize("secret", [FIRST, SECOND, FILE_SECRET])
+def test_turnutils_uclient_with_each_shared_secret_over_tls(relay: RelayProcess, turn_peer: int,
+                                                             secret: str) -> None:
+    figures = turnutils_uclient(relay.tls_port, turn_peer, "-t", "-S", "-u", "browser", "-W", secret, clients=2)
+    assert figures["sent"] >= 100 and figures["received"] == figures["sent"] and figures["lost"] == 0, \
+        figures["output"][-1500:]
+
+
+def test_allocations_over_tls_are_logged_with_their_transport(relay: RelayProcess, turn_peer: int) -> None:
+    turnutils_uclient(relay.tls_port, turn_peer, "-t", "-S", "-u", "alice", "-w", "secret", clients=1, messages=5)
+    assert re.search(rf"tls 127\.0\.0\.1:\d+->127\.0\.0\.1:{relay.tls_port}", relay.log())
+
+
+def test_harness_tools_over_tls_verify_the_certificate(relay: RelayProcess, pki: Pki) -> None:
+    done = subprocess.run([str(BIN / "rpturn-stunclient"), f"127.0.0.1:{relay.tls_port}", "--tls", "--ca",
+                           str(pki.root), "--server-name", "localhost"], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and "software: rpturn" in done.stdout, done.stderr
+    peer = EchoPeer()
+    try:
+        done = subprocess.run([str(BIN / "rpturn-uclient"), f"127.0.0.1:{relay.tls_port}", "--tls", "--ca",
+                               str(pki.root), "--server-name", "localhost", "-u", "app", "--secret", SECOND,
+                               "--peer", f"127.0.0.1:{peer.address[1]}", "--clients", "2", "--messages", "50",
+                               "--quiet"], capture_output=True, text=True, timeout=60)
+    finally:
+        peer.close()
+    assert done.returncode == 0 and "loss: 0.000 %" in done.stdout, done.stdout + done.stderr
+
+
+# -- credentials refused (raw socket) --------------------------------------------------------------------------
+
+
+def rest_client(relay: RelayProcess, secret: str, ttl: int, transport: str = "tls",
+                made_ago: float = 0.0) -> RawTurnClient:
+    username, password = make_credentials(secret, "browser", ttl, time.time() - made_ago)
+    port = relay.tls_port if transport == "tls" else relay.port
+    return RawTurnClient(("127.0.0.1", port), username, password, transport=transport)
+
+
+@pytest.mark.parametrize("transport", ["udp", "tls"])
+def test_expired_credentials_get_401_with_the_reason_logged(relay: RelayProcess, transport: str) -> None:
+    client = rest_client(relay, FIRST, ttl=600, transport=transport, made_ago=610)
+    try:
+        response = client.allocate()
+    finally:
+        client.close()
+    assert error_code(response) == 401 and response.get(stun.Attr.NONCE)
+    assert "expired credentials" in relay.log()
+
+
+@pytest.mark.parametrize("transport", ["udp", "tls"])
+def test_credentials_of_a_secret_not_configured_get_401(relay: RelayProcess, transport: str) -> None:
+    client = rest_client(relay, "some-other-secret-0123456789", ttl=600, transport=transport)
+    try:
+        assert error_code(client.allocate()) == 401
+    finally:
+        client.close()
+    assert "bad MESSAGE-INTEGRITY (shared secret)" in relay.log()
+
+
+def test_credentials_command_output_is_accepted_by_the_relay(relay: RelayProcess) -> None:
+    done = subprocess.run([str(BIN / "rpturn"), "credentials", "--user", "browser", "--ttl", "600", "--config",
+                           str(relay.config_path)], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    username = re.search(r"username: (\S+)", done.stdout).group(1)
+    password = re.search(r"password: (\S+)", done.stdout).group(1)
+    client = RawTurnClient(("127.0.0.1", relay.tls_port), username, password, transport="tls")
+    try:
+        assert client.allocate().msg_class == stun.MessageClass.SUCCESS
+    finally:
+        client.close()
+
+
+def test_sighup_rereads_the_secrets_file(relay: RelayProcess) -> None:
+    rotated = "rotated-in-secret-0123456789"
+    relay.secrets_file.write_text(f"{FILE_SECRET}\n{rotated}\n")
+    relay.signal(signal.SIGHUP)
+    deadline = time.monotonic() + 5
+    while "configuration reloaded" not in relay.log() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    client = rest_client(relay, rotated, ttl=600)
+    try:
+        assert client.allocate().msg_class == stun.MessageClass.SUCCESS
+    finally:
+        client.close()
+
+
+# -- floods on tls_listen --------------------------------------------------------------------------------------
+
+
+def test_floods_of_garbage_and_half_handshakes_on_tls_listen_are_bounded(relay: RelayProcess, pki: Pki) -> None:
+    from relay.tls import HANDSHAKE_TIMEOUT
+
+    garbage, half = [], []
+    hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"  # the start of a ClientHello, and then nothing
+    for i in range(400):
+        sock = socket.create_connection(("127.0.0.1", relay.tls_port), timeout=5)
+        sock.sendall(os.urandom(200) if i % 2 else hello)
+        (garbage if i % 2 else half).append(sock)
+    # Meanwhile a real client (from another address: the flood's has hit its per-source limit) is served.
+    context = ssl.create_default_context(cafile=str(pki.root))
+    with socket.create_connection(("127.0.0.1", relay.tls_port), timeout=5, source_address=("127.0.0.3", 0)) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        request = stun.encode(stun.Message(stun.Method.BINDING, stun.MessageClass.REQUEST, os.urandom(12), []))
+        tls.sendall(request)
+        assert stun.parse(tls.recv(2048)).msg_class == stun.MessageClass.SUCCESS
+    closed = 0
+    for sock in garbage:  # the server closes a connection whose first bytes are no TLS at once
+        sock.settimeout(5)
+        try:
+            closed += sock.recv(4096) == b"" or True
+        except ConnectionResetError:
+            closed += 1
+        sock.close()
+    assert closed == len(garbage)
+    # A handshake that never finishes is closed by the server after HANDSHAKE_TIMEOUT (or refused at once).
+    deadline = time.monotonic() + HANDSHAKE_TIMEOUT + 3
+    still_open = list(half)
+    while still_open and time.monotonic() < deadline:
+        for sock in list(still_open):
+            sock.settimeout(0.01)
+            try:
+                if sock.recv(4096) == b"":
+                    still_open.remove(sock)
+            except TimeoutError:
+                pass
+            except ConnectionResetError:
+                still_open.remove(sock)
+        time.sleep(0.2)
+    for sock in half:
+        sock.close()
+    assert not still_open, f"{len(still_open)} half-done handshakes still open"
+    assert udp_binding("127.0.0.1", relay.port) is not None
+    assert "Traceback" not in relay.log()
+
+
+# -- restricted mode -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def restricted(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    process = RelayProcess(tmp_path_factory.mktemp("restricted"), turn_clients=["127.0.0.2/32"],
+                           nonce_secret=NONCE_SECRET)
+    process.start()
+    yield process
+    process.stop()
+
+
+def signed_allocate(client: RawTurnClient, nonce: str) -> bytes:
+    client.realm, client.nonce = "rpturn.test", nonce
+    return client.signed(stun.Method.ALLOCATE, [(stun.Attr.REQUESTED_TRANSPORT, 17)])
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+def test_outsider_binding_is_answered_and_a_signed_allocate_is_not(restricted: RelayProcess,
+                                                                  transport: str) -> None:
+    client = RawTurnClient(restricted.address, transport=transport, timeout=1.0)
+    try:
+        binding = stun.Message(stun.Method.BINDING, stun.MessageClass.REQUEST, os.urandom(12), [])
+        client.send_bytes(stun.encode(binding))
+        assert client.recv_message(binding.transaction_id).msg_class == stun.MessageClass.SUCCESS
+        # A correctly signed Allocate: a valid nonce for this address (we know the nonce secret), the right key.
+        nonce = NonceIssuer(bytes.fromhex(NONCE_SECRET)).issue("127.0.0.1", time.time())
+        client.send_bytes(signed_allocate(client, nonce))
+        with pytest.raises(TimeoutError):
+            client.recv_frame()
+        client.send_bytes(client.unsigned(stun.Method.ALLOCATE, [(stun.Attr.REQUESTED_TRANSPORT, 17)]))
+        with pytest.raises(TimeoutError):
+            client.recv_frame()  # not even the 401 challenge
+    finally:
+        client.close()
+
+
+def test_listed_source_allocates_and_relays(restricted: RelayProcess) -> None:
+    peer = EchoPeer()
+    client = RawTurnClient(restricted.address, source="127.0.0.2")
+    try:
+        assert client.allocate().msg_class == stun.MessageClass.SUCCESS
+        bind = client.request(stun.Method.CHANNEL_BIND, [(stun.Attr.CHANNEL_NUMBER, 0x4001),
+                                                         (stun.Attr.XOR_PEER_ADDRESS, peer.address)])
+        assert bind.msg_class == stun.MessageClass.SUCCESS, bind
+        for i in range(20):
+            client.send_bytes(stun.encode_channel_data(0x4001, b"media %d" % i))
+            frame = client.recv_frame()
+            assert frame[4:] .startswith(b"media %d" % i)
+    finally:
+        client.close()
+        peer.close()
