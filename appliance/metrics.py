@@ -87,6 +87,10 @@ def proxy_metrics(proxy: ServiceFigures) -> Iterator[Metric]:
     yield _labelled(CounterMetricFamily("rpturn_proxy_acme_events", "ACME: certificates obtained (renewed) and "
                                         "failed attempts (failed; the last good certificate stays).",
                                         labels=["event"]), "event", {k: acme.get(k, 0) for k in ("renewed", "failed")})
+    ldap = c.get("ldap", {})
+    yield _labelled(CounterMetricFamily("rpturn_proxy_ldap_checks", "LDAP authentication checks by outcome (successes "
+                                        "answered from the cache are not counted).", labels=["outcome"]), "outcome",
+                    {k: ldap.get(k, 0) for k in ("ok", "bad-credentials", "not-in-group", "unavailable")})
     yield GaugeMetricFamily("rpturn_proxy_active_requests", "Requests in progress.", value=g.get("active", 0))
     yield GaugeMetricFamily("rpturn_proxy_event_streams", "Open server-sent-event (/events) streams.",
                             value=g.get("event_streams", 0))

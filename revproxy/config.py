@@ -15,6 +15,7 @@ from typing import Any
 from appliance import config as shared
 from appliance.config import ConfigError, format_hostport, parse_hostport
 from revproxy import acme as acme_settings
+from revproxy import ldap_auth
 from revproxy.pin_guard import PinGuardSettings, settings_from_table
 
 TABLE = "revproxy"
@@ -77,6 +78,7 @@ class ProxyConfig:
     workers: int = 1
     pin_guard: PinGuardSettings = field(default_factory=PinGuardSettings)  # [revproxy.pin_guard]
     acme: acme_settings.AcmeSettings | None = None  # automatic certificates, see revproxy/acme.py
+    ldap: ldap_auth.LdapSettings | None = None  # [revproxy.ldap], see revproxy/ldap_auth.py
 
 
 BALANCES = ("round_robin", "client_ip")
@@ -164,6 +166,12 @@ def from_table(table: dict[str, Any], path: str = "<config>") -> ProxyConfig:
         except ValueError as e:
             key, _, problem = str(e).partition(": ")
             raise error(path, "acme" if key == "-" else f"acme.{key}", problem) from None
+    if "ldap" in table:
+        try:
+            values["ldap"] = ldap_auth.settings_from_table(table["ldap"])
+        except ValueError as e:
+            key, _, problem = str(e).partition(": ")
+            raise ConfigError(path, f"{TABLE}.ldap", key, problem) from None
     return ProxyConfig(**values)
 
 

@@ -39,6 +39,7 @@ class ProxyContext:
         # Called with each finished exchange (the PIN guard counts the nodes' 403s to PIN requests).
         self.finished: list[Callable[[Exchange], None]] = []
         self.pin_guard: Any = None  # revproxy.guards.PinGuardHook, once installed
+        self.ldap: Any = None  # revproxy.ldap_guard.LdapGuard, once installed
         self.active = 0
         self.stats = ProxyStats()  # plain counters, read by the management listener's snapshot
         self.draining = False

@@ -213,13 +213,13 @@ class Exchange:
         self.to(Phase.RESPONDING)
         self.status, self.node_status = status, "static"
 
-    def error(self, status: int, detail: str) -> bytes:
+    def error(self, status: int, detail: str, extra: bytes = b"") -> bytes:
         """The proxy's own answer (nothing sent yet); decides whether the connection can stay open."""
         self.status = status
         self.keep_alive = self.keep_alive and self.request_complete and status < 500 and status != 413
         body = detail.encode() + b"\n"
         self.sent = len(body)
-        return heads.simple_response(status, body, close=not self.keep_alive)
+        return heads.simple_response(status, body, close=not self.keep_alive, extra=extra)
 
     def client_gone(self) -> None:
         if not self.response_started:

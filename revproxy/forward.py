@@ -74,14 +74,14 @@ class Forwarder:
                 verdict.addCallback(self._guarded, index).addErrback(self._guard_failed)
                 return
             if verdict is not None:
-                return self.fail(verdict.status, verdict.detail)
+                return self.fail(verdict.status, verdict.detail, verdict.extra)
         self.route()
 
     def _guarded(self, verdict: HTTPError | None, index: int) -> None:
         if self.ex.done:
             return
         if verdict is not None:
-            return self.fail(verdict.status, verdict.detail)
+            return self.fail(verdict.status, verdict.detail, verdict.extra)
         self.guard(index)
 
     def _guard_failed(self, failure: Any) -> None:
@@ -300,7 +300,7 @@ class Forwarder:
         self.finish()
 
     # -- endings ---------------------------------------------------------------------------------------------
-    def fail(self, status: int, detail: str) -> None:
+    def fail(self, status: int, detail: str, extra: bytes = b"") -> None:
         """Answer with an error ourselves (nothing sent yet), or cut the client off (response under way)."""
         ex = self.ex
         if ex.done:
@@ -311,7 +311,7 @@ class Forwarder:
             self.conn.transport.abortConnection()
             self.finish()
             return
-        self.conn.transport.write(ex.error(status, detail))
+        self.conn.transport.write(ex.error(status, detail, extra))
         self.finish()
 
     def release_upstream(self) -> None:

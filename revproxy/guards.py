@@ -56,6 +56,18 @@ class PinGuardHook:
         if ex.status == 403 and self.settings() is not None and is_guarded(ex.head.method, ex.head.target):
             self.failure(ex.client_ip)
 
+    def banned(self, client_ip: str) -> bool:
+        """For other guards (LDAP): is this address banned right now? (False while the guard is off.)"""
+        if self.settings() is None or self.core.verdict(client_ip) is not Verdict.BLOCK:
+            return False
+        self._count("blocked")
+        return True
+
+    def failure_if_enabled(self, client_ip: str) -> None:
+        """A failed attempt seen by another guard (a wrong LDAP password) counts when the PIN guard is on."""
+        if self.settings() is not None:
+            self.failure(client_ip)
+
     def failure(self, client_ip: str) -> None:
         """One failed attempt from `client_ip` (a wrong PIN, or a failed LDAP bind)."""
         self._count("failure")

@@ -34,9 +34,10 @@ NONE, LENGTH, CHUNKED, UNTIL_CLOSE = 0, 1, 2, 3
 class HTTPError(Exception):
     """A request the proxy answers itself with `status`, then closes the connection."""
 
-    def __init__(self, status: int, detail: str) -> None:
+    def __init__(self, status: int, detail: str, extra: bytes = b"") -> None:
         super().__init__(f"{status} {detail}")
         self.status, self.detail = status, detail
+        self.extra = extra  # header lines for the answer (WWW-Authenticate for a 401), each ending in CRLF
 
 
 class Head:

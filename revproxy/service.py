@@ -25,7 +25,7 @@ from appliance.publisher import StatsPublisher
 from appliance.sockets import Listener, bind_all, bind_tcp
 from appliance.startup import ServicePlan
 from revproxy import config as configmod
-from revproxy import guards, stats, tls
+from revproxy import guards, ldap_guard, stats, tls
 from revproxy.acme_service import AcmeService
 from revproxy.balancer import Balancer, Node
 from revproxy.client import ProxyFactory
@@ -154,6 +154,7 @@ class RevproxyService(MultiService):
         balancer = Balancer(nodes, balance=config.balance, fail_timeout=config.fail_timeout, clock=reactor.seconds)
         self.ctx = ProxyContext(config, balancer, reactor, creators)
         guards.install(self.ctx)  # the PIN guard (off unless [revproxy.pin_guard] enabled)
+        ldap_guard.install(self.ctx)  # LDAP authentication (off unless [revproxy.ldap] is set)
         self.ports: list[Any] = []
         self.health: TimerService | None = None
         self._set_health(config)

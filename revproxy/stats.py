@@ -116,4 +116,6 @@ def service_snapshot(service: Any) -> dict:
         snapshot["counters"]["pin_guard"] = dict(ctx.pin_guard.events)
     if getattr(service, "acme", None) is not None:  # revproxy.acme_service: renewed, failed
         snapshot["counters"]["acme"] = dict(service.acme.events)
+    if ctx.ldap is not None:  # revproxy.ldap_guard: ok, bad-credentials, not-in-group, unavailable
+        snapshot["counters"]["ldap"] = dict(ctx.ldap.events)
     return snapshot

@@ -1,0 +1,115 @@
+"""A real OpenLDAP `slapd` (Debian package) on loopback with a small directory, for the proxy's LDAP tests.
+
+dc=example,dc=com with people alice (password alice-pw, member of cn=pexip-users), bob (bob-pw, in no group) and
+a service account cn=reader (reader-pw) for the search mode. Loaded with slapadd before the start, so the server is
+ready when its port answers. `stop()` ends the process this helper started (its pid), `start()` brings it back.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+from tests.support.net import free_port
+from tests.support.revproxy_process import wait_for_port
+
+SUFFIX = "dc=example,dc=com"
+GROUP = f"cn=pexip-users,ou=groups,{SUFFIX}"
+PEOPLE = f"ou=people,{SUFFIX}"
+
+CONFIG = """\
+include /etc/ldap/schema/core.schema
+include /etc/ldap/schema/cosine.schema
+include /etc/ldap/schema/inetorgperson.schema
+include /etc/ldap/schema/nis.schema
+modulepath /usr/lib/ldap
+moduleload back_mdb
+pidfile {where}/slapd.pid
+database mdb
+maxsize 10485760
+suffix "{suffix}"
+rootdn "cn=admin,{suffix}"
+rootpw admin-pw
+directory {where}/db
+access to attrs=userPassword by self read by anonymous auth by * none
+access to * by * read
+"""
+
+DATA = f"""\
+dn: {SUFFIX}
+objectClass: dcObject
+objectClass: organization
+dc: example
+o: Example
+
+dn: ou=people,{SUFFIX}
+objectClass: organizationalUnit
+ou: people
+
+dn: ou=groups,{SUFFIX}
+objectClass: organizationalUnit
+ou: groups
+
+dn: uid=alice,ou=people,{SUFFIX}
+objectClass: inetOrgPerson
+uid: alice
+cn: Alice
+sn: A
+userPassword: alice-pw
+
+dn: uid=bob,ou=people,{SUFFIX}
+objectClass: inetOrgPerson
+uid: bob
+cn: Bob
+sn: B
+userPassword: bob-pw
+
+dn: cn=reader,{SUFFIX}
+objectClass: organizationalRole
+objectClass: simpleSecurityObject
+cn: reader
+userPassword: reader-pw
+
+dn: {GROUP}
+objectClass: groupOfNames
+cn: pexip-users
+member: uid=alice,ou=people,{SUFFIX}
+"""
+
+
+class Slapd:
+    def __init__(self, where: Path) -> None:
+        self.where = where
+        (where / "db").mkdir(parents=True, exist_ok=True)
+        self.config = where / "slapd.conf"
+        self.config.write_text(CONFIG.format(where=where, suffix=SUFFIX))
+        (where / "data.ldif").write_text(DATA)
+        subprocess.run(["slapadd", "-f", str(self.config), "-l", str(where / "data.ldif")], check=True,
+                       capture_output=True, timeout=30)
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def url(self) -> str:
+        return f"ldap://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        # -d 0: stay in the foreground (no fork), so the pid is the one this helper stops.
+        self.proc = subprocess.Popen(["slapd", "-d", "0", "-h", f"ldap://127.0.0.1:{self.port}/",
+                                      "-f", str(self.config)], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)
+        wait_for_port("127.0.0.1", self.port, 15, self.proc)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        deadline = time.monotonic() + 5
+        while (self.where / "slapd.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
