@@ -19,6 +19,7 @@ import time
 import urllib.request
 
 import pytest
+import websocket
 from prometheus_client.parser import text_string_to_metric_families
 
 from relay import stun
@@ -272,6 +273,34 @@ def test_rpturn_status_shows_the_table_in_a_terminal(traffic):
                          text=True, timeout=30)
     assert out.returncode == 0
     assert json.loads(out.stdout)["relay"]["allocations"] == 2
+
+
+def test_open_event_streams_and_websockets_are_gauges(traffic):
+    """Runs after the tests above that count requests: it adds two of its own."""
+    app = traffic
+    ctx = app.pki.client_context()
+    raw = socket.create_connection(("127.0.0.1", app.https_port), timeout=10)
+    stream = ctx.wrap_socket(raw, server_hostname="localhost")
+    ws = websocket.create_connection(f"wss://localhost:{app.https_port}/ws", sslopt={"ca_certs": str(app.pki.root)},
+                                     timeout=10)
+    try:
+        stream.sendall(b"GET /api/client/v2/conferences/x/events?count=1000&interval=0.2 HTTP/1.1\r\n"
+                       b"Host: localhost\r\n\r\n")
+        assert stream.recv(4096).startswith(b"HTTP/1.1 200")
+        ws.send("ping")
+        assert ws.recv() == "ping"
+        values = scrape_until(app, lambda v: metric(v, "rpturn_proxy_event_streams") == 1
+                              and metric(v, "rpturn_proxy_websockets") == 1)
+        assert metric(values, "rpturn_proxy_event_streams") == 1
+        assert metric(values, "rpturn_proxy_websockets") == 1
+    finally:
+        stream.close()
+        ws.close()
+    values = scrape_until(app, lambda v: metric(v, "rpturn_proxy_event_streams") == 0
+                          and metric(v, "rpturn_proxy_websockets") == 0)
+    assert metric(values, "rpturn_proxy_event_streams") == 0
+    assert metric(values, "rpturn_proxy_websockets") == 0
+    assert metric(values, "rpturn_proxy_active_requests") == 0
 
 
 def test_rpturn_status_says_in_one_line_when_the_appliance_is_not_running(tmp_path):
