@@ -14,6 +14,8 @@ import signal
 import socket
 from dataclasses import dataclass
 
+from appliance.config import parse_hostport
+
 DEFAULT_PIDFILE = "/run/rpturn/rpturn.pid"
 DEFAULT_MANAGEMENT = "127.0.0.1:9641"
 
@@ -50,14 +52,11 @@ def connect_address(listen: str) -> tuple[str, int] | None:
     """Where to connect to reach a listener configured as `listen` ("0.0.0.0:443" -> 127.0.0.1), None when off."""
     if not listen:
         return None
-    if listen.startswith("["):
-        host, _, port = listen[1:].partition("]:")
-    else:
-        host, _, port = listen.rpartition(":")
-    if not port.isdigit():
+    try:
+        host, port = parse_hostport(listen)
+    except ValueError:
         return None
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
-    return host, int(port)
+    return {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host), port
 
 
 def is_listening(address: tuple[str, int], timeout: float = 0.5) -> bool:

@@ -20,6 +20,7 @@ from typing import Any
 
 import tomlkit
 
+from appliance.config import format_hostport, parse_hostport
 from relay.auth import check_username
 
 HEADER_MARK = "# Written by rpturn setup"
@@ -74,20 +75,7 @@ def validate_node(text: str) -> str:
     text = text.strip()
     if not text:
         raise ValueError("empty")
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or (rest and not rest.startswith(":")):
-            raise ValueError(f"{text!r} is not [IPv6 address]:port")
-        port_text = rest[1:]
-    elif text.count(":") > 1:
-        host, port_text = text, ""
-    else:
-        host, _, port_text = text.partition(":")
-    port = 443
-    if port_text:
-        if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-            raise ValueError(f"{text!r}: the port must be 1-65535")
-        port = int(port_text)
+    host, port = parse_hostport(text, 443)
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
@@ -97,13 +85,12 @@ def validate_node(text: str) -> str:
         return f"{name}:{port}"
     if address.is_unspecified or address.is_multicast:
         raise ValueError(f"{host} cannot be a Conferencing Node's address")
-    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+    return format_hostport(str(address), port)
 
 
 def node_address(node: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    host = node[1:].partition("]")[0] if node.startswith("[") else node.rpartition(":")[0]
     try:
-        return ipaddress.ip_address(host)
+        return ipaddress.ip_address(parse_hostport(node, 443)[0])
     except ValueError:
         return None
 
