@@ -58,7 +58,13 @@ class StatsPublisher(Service):
         self._timer = self.reactor.callLater(max(stats.INTERVAL, cost / MAX_SHARE), self._tick)
 
     def publish(self) -> None:
-        body = self.snapshot()
+        try:
+            body = self.snapshot()
+        except Exception:  # a bug in the figures must never stop the service they describe
+            if not self._failed:
+                log.failure("taking the {service} figures failed", service=self.service)
+            self._failed = True
+            return
         body["time"] = time.time()
         try:
             stats.write_snapshot(self.directory, stats.envelope(self.service, self.worker, os.getpid(), body))
