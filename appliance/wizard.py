@@ -284,7 +284,10 @@ def apply_answers(text: str, answers: Answers, paths: Paths, header: str) -> str
     if isinstance(weights, dict):
         for name in [n for n in weights if n not in answers.nodes]:
             del weights[name]
-    proxy["turn_on_https"] = answers.turn_on_https
+    if answers.turn_on_https:
+        proxy["turn_on_https"] = True
+    elif "turn_on_https" in proxy:  # false is the default: leave the key out
+        del proxy["turn_on_https"]
     guard = _subtable(proxy, "pin_guard")
     guard["enabled"] = answers.pin_guard
     _subtable(doc, "management")["listen"] = answers.management

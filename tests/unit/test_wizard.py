@@ -146,3 +146,10 @@ def test_prefill_from_the_sample_suggests_the_pin_guard_and_restricted_mode():
     assert current.turn_user == "pexip" and current.pin_guard is True
     plain = wizard.current_answers({"revproxy": {"nodes": ["10.0.0.1:443"]}}, [])
     assert plain.turn_mode is TurnMode.RESTRICTED and plain.management == "127.0.0.1:9641"
+
+
+def test_turn_on_https_no_leaves_the_default_out():
+    on = wizard.apply_answers(SAMPLE_LIKE, answers(turn_on_https=True), PATHS, "")
+    assert tomllib.loads(on)["revproxy"]["turn_on_https"] is True
+    off = wizard.apply_answers(on, answers(turn_on_https=False), PATHS, "")
+    assert "turn_on_https" not in tomllib.loads(off)["revproxy"]
