@@ -107,7 +107,7 @@ def format_status(status: dict[str, Any], now: float | None = None) -> str:
     row("listening on", f"{listen.get('https') or '-'} (HTTPS), {listen.get('http') or 'off'} (HTTP)")
     responses = proxy.get("responses", {})
     row("requests", f"{_count(proxy.get('requests', 0))}  ("
-                    + (", ".join(f"{k} {v}" for k, v in sorted(responses.items())) or "none") + ")")
+                    + (", ".join(f"{k} {v}" for k, v in sorted(responses.items()) if v) or "none") + ")")
     row("open /events, WebSockets", f"{proxy.get('event_streams', 0)}, {proxy.get('websockets', 0)}")
     row("workers (restarts)", f"{proxy.get('workers', 0)} ({proxy.get('worker_restarts', 0)})")
     nodes = proxy.get("nodes", [])
