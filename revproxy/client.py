@@ -11,8 +11,10 @@ from __future__ import annotations
 import enum
 from typing import TYPE_CHECKING, Any
 
+from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.logger import Logger
+from zope.interface import implementer
 
 from revproxy import http1
 from revproxy.exchange import Exchange
@@ -35,8 +37,9 @@ class ConnState(enum.Enum):
     CLOSING = "closing"  # nothing more is read
 
 
+@implementer(IHandshakeListener)
 class ClientConnection(Deadline, Protocol):
-    def __init__(self, ctx: ProxyContext) -> None:
+    def __init__(self, ctx: ProxyContext, client_ip: str = "") -> None:
         self.ctx = ctx
         self.reactor = ctx.reactor
         self.state = ConnState.IDLE
@@ -45,24 +48,40 @@ class ClientConnection(Deadline, Protocol):
         self.body: http1.BodyReader | None = None
         self.tunnel: Any = None
         self.held = False  # reading paused: too many pipelined bytes held
-        self.client_ip = ""
-        self.client_ip_bytes = b""
+        self.client_ip = client_ip
+        self.client_ip_bytes = client_ip.encode()
+        self.counted = False  # counted in the context's connection limits (see ProxyFactory)
 
     def connectionMade(self) -> None:
         # Responses go out as a head write then body writes: with Nagle on, the second small TLS record waits
         # for the client's delayed ACK (40 ms per 64 KiB response).
         self.transport.setTcpNoDelay(True)
-        host = self.transport.getPeer().host
-        self.client_ip = host[7:] if host.startswith("::ffff:") else host
-        self.client_ip_bytes = self.client_ip.encode()
+        if not self.client_ip:
+            self.client_ip = client_address(self.transport.getPeer())
+            self.client_ip_bytes = self.client_ip.encode()
         self.ctx.connections.add(self)
-        self.set_deadline(self.ctx.config.keepalive_timeout)
+        if self.counted:
+            self.ctx.idle[self] = None
+        # Until the TLS handshake is done: a half-done handshake holds ~35 KiB, so it gets a short time of its own.
+        self.set_deadline(self.ctx.config.tls_handshake_timeout)
+
+    def handshakeCompleted(self) -> None:
+        if self.state is ConnState.IDLE:
+            self.set_deadline(self.ctx.config.keepalive_timeout)
 
     def dataReceived(self, data: bytes) -> None:
         """The connection's first bytes land here, once: the place to look at them before they are taken as HTTP
         (protocol detection). Every later read goes straight to `received`."""
         self.dataReceived = self.received  # type: ignore[method-assign]
         self.received(data)
+
+    def hand_over(self) -> None:
+        """This connection stops being HTTP (another protocol takes the transport, e.g. TURN on the HTTPS port):
+        it no longer counts in the limits, and its timer stops."""
+        self.ctx.connections.discard(self)
+        self.ctx.release(self)
+        self.cancel_deadline()
+        self.state = ConnState.CLOSING
 
     def received(self, data: bytes) -> None:
         state = self.state
@@ -105,6 +124,8 @@ class ClientConnection(Deadline, Protocol):
         fw = Forwarder(self, Exchange(head, self.client_ip, self.reactor.seconds()))
         self.forwarder = fw
         self.state = ConnState.BUSY
+        if self.counted:
+            self.ctx.idle.pop(self, None)
         if head.framing == NONE:
             self.set_deadline(None)
             fw.start()
@@ -156,6 +177,8 @@ class ClientConnection(Deadline, Protocol):
             self.transport.loseConnection()
             return
         self.state = ConnState.IDLE
+        if self.counted:
+            self.ctx.idle[self] = None  # the most recently idle last: closed last when room is needed
         self.set_deadline(self.ctx.config.keepalive_timeout, exact=False)
         if self.held:
             self.held = False
@@ -182,6 +205,7 @@ class ClientConnection(Deadline, Protocol):
 
     def connectionLost(self, reason: Any = None) -> None:
         self.ctx.connections.discard(self)
+        self.ctx.release(self)
         self.cancel_deadline()
         self.state = ConnState.CLOSING
         if self.tunnel is not None:
@@ -196,5 +220,16 @@ class ProxyFactory(ServerFactory):
     def __init__(self, ctx: ProxyContext) -> None:
         self.ctx = ctx
 
-    def buildProtocol(self, addr: Any) -> ClientConnection:
-        return ClientConnection(self.ctx)
+    def buildProtocol(self, addr: Any) -> ClientConnection | None:
+        """None (the connection is closed at once) when the connection limits say so: no TLS work is done for it."""
+        ip = client_address(addr)
+        if not self.ctx.admit(ip):
+            return None
+        conn = ClientConnection(self.ctx, ip)
+        conn.counted = True
+        return conn
+
+
+def client_address(addr: Any) -> str:
+    host = addr.host
+    return host[7:] if host.startswith("::ffff:") else host

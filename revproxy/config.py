@@ -71,6 +71,9 @@ class ProxyConfig:
     keepalive_timeout: float = 75.0
     upstream_read_timeout: float = 60.0
     upstream_keepalive: int = 256
+    tls_handshake_timeout: float = 10.0  # a client's TLS handshake must finish within this
+    max_connections_per_ip: int = 1000  # client connections from one address (0 = no limit); NATed offices share one
+    max_connections: int = 0  # client connections in all (0 = from the open-files limit); idle ones go first
     drain_timeout: float = 30.0
     webapp_dir: str = ""
     webapp_path: str = "/webapp/"
@@ -83,7 +86,7 @@ class ProxyConfig:
 
 BALANCES = ("round_robin", "client_ip")
 _FLOATS = ("connect_timeout", "api_connect_timeout", "fail_timeout", "health_interval", "client_timeout",
-           "keepalive_timeout", "upstream_read_timeout", "drain_timeout")
+           "keepalive_timeout", "upstream_read_timeout", "drain_timeout", "tls_handshake_timeout")
 _STRINGS = ("certificate", "hostname", "self_signed", "ca_file", "health_check", "webapp_dir", "webapp_path")
 _KNOWN = {f for f in ProxyConfig.__dataclass_fields__ if f != "path"} | {"weights"}
 
@@ -120,7 +123,7 @@ def from_table(table: dict[str, Any], path: str = "<config>") -> ProxyConfig:
             if isinstance(v, bool) or not isinstance(v, int | float) or v <= 0:
                 raise error(path, key, f"expected a positive number of seconds, got {v!r}")
             values[key] = float(v)
-    for key in ("max_body_size", "upstream_keepalive"):
+    for key in ("max_body_size", "upstream_keepalive", "max_connections_per_ip", "max_connections"):
         if key in table:
             v = table[key]
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:

@@ -6,9 +6,13 @@ A reload replaces `config` (and the balancer's node list); exchanges in flight k
 
 from __future__ import annotations
 
+import resource
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from twisted.logger import Logger
+
+from appliance.ratelimit import LogLimiter
 from revproxy.balancer import Balancer, Node
 from revproxy.config import ProxyConfig
 from revproxy.connection_pool import NodeConnections
@@ -25,6 +29,16 @@ if TYPE_CHECKING:
     # A request guard (PIN guard, LDAP authentication, ...) sees each exchange before it is routed and returns None
     # to let it through, an HTTPError to answer it, or a Deferred firing with either.
     Guard = Callable[[Exchange], "HTTPError | Deferred[HTTPError | None] | None"]
+
+
+log = Logger(namespace="revproxy")
+
+
+def host_bytes(name: str) -> bytes:
+    try:
+        return name.encode("idna")
+    except UnicodeError:  # a label over 63 characters, say: sent as it is
+        return name.encode("ascii", "replace")
 
 
 class ProxyContext:
@@ -44,6 +58,15 @@ class ProxyContext:
         self.stats = ProxyStats()  # plain counters, read by the management listener's snapshot
         self.draining = False
         self.webapp = StaticFiles(config.webapp_dir) if config.webapp_dir else None
+        self.hostname = host_bytes(config.hostname)  # Host for HTTP/1.0 requests that send none
+        # Connection limits: client connections per source address and in all; `idle` holds the connections that
+        # are not in an exchange (handshaking, between requests, a head arriving), the longest idle first: the
+        # ones closed to make room when the global limit is reached.
+        self.per_ip: dict[str, int] = {}
+        self.idle: dict[ClientConnection, None] = {}
+        self.open = 0
+        self.limit: int | None = None  # max_connections in force, worked out once the open-files limit is raised
+        self.limit_log = LogLimiter(rate=1.0, burst=10.0)
 
     def apply(self, config: ProxyConfig, nodes: list[Node], creators: dict[str, object]) -> None:
         self.config = config
@@ -51,4 +74,60 @@ class ProxyContext:
         self.balancer.fail_timeout, self.balancer.balance = config.fail_timeout, config.balance
         self.balancer.replace(nodes)
         self.webapp = StaticFiles(config.webapp_dir) if config.webapp_dir else None
+        self.hostname = host_bytes(config.hostname)
+        self.limit = None
         self.upstreams.close_idle(keep={n.key for n in nodes})
+
+    # -- connection limits ---------------------------------------------------------------------------------------
+    def connection_limit(self) -> int:
+        """`max_connections`, or from the open-files limit: each client connection may hold a node connection too,
+        and the idle node connections and the process itself need some."""
+        if self.limit is None:
+            cfg = self.config
+            if cfg.max_connections:
+                self.limit = cfg.max_connections
+            else:
+                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                reserve = min(64 + cfg.upstream_keepalive * max(1, len(cfg.nodes)), soft // 4)
+                self.limit = max(16, (soft - reserve) // 2)
+        return self.limit
+
+    def admit(self, ip: str) -> bool:
+        """Whether a new connection from `ip` may open; at the global limit the longest idle connection is closed
+        to make room, and only when none is idle is the new one refused."""
+        per_ip = self.config.max_connections_per_ip
+        if per_ip and self.per_ip.get(ip, 0) >= per_ip:
+            self._refused("{ip} refused: max_connections_per_ip ({limit}) reached", ip, per_ip)
+            return False
+        limit = self.connection_limit()
+        if self.open >= limit:
+            if not self.idle:
+                self._refused("{ip} refused: max_connections ({limit}) reached, none idle", ip, limit)
+                return False
+            oldest = next(iter(self.idle))
+            self._refused("max_connections ({limit}) reached: closing an idle connection from {ip}",
+                          oldest.client_ip, limit)
+            self.release(oldest)
+            oldest.transport.abortConnection()
+        self.open += 1
+        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        return True
+
+    def release(self, conn: ClientConnection) -> None:
+        """A connection no longer counts (closed, or being closed to make room). Once per connection."""
+        if not conn.counted:
+            return
+        conn.counted = False
+        self.idle.pop(conn, None)
+        self.open -= 1
+        left = self.per_ip[conn.client_ip] - 1
+        if left:
+            self.per_ip[conn.client_ip] = left
+        else:
+            del self.per_ip[conn.client_ip]
+
+    def _refused(self, text: str, ip: str, limit: int) -> None:
+        suppressed = self.limit_log.allow(self.reactor.seconds())
+        if suppressed is not None:
+            log.warn(text + (" ({suppressed} more such lines held back)" if suppressed else ""), ip=ip,
+                     limit=limit, suppressed=suppressed)

@@ -130,8 +130,8 @@ class Exchange:
         """What goes to the client before the response: a 100 Continue when it waits for one."""
         return heads.CONTINUE if self.expect_continue else b""
 
-    def request_head(self, client_ip: bytes) -> bytes:
-        return heads.request_head(self.head, client_ip, self.upgrade)
+    def request_head(self, client_ip: bytes, hostname: bytes = b"") -> bytes:
+        return heads.request_head(self.head, client_ip, self.upgrade, hostname)
 
     # -- the node attempts -----------------------------------------------------------------------------------
     def begin(self, plan: list[Node]) -> Node | None:

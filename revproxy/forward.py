@@ -97,7 +97,7 @@ class Forwarder:
         node = ex.begin(ctx.balancer.plan(self.conn.client_ip))
         if node is None:
             return self.fail(502, "no node available")
-        self.request_bytes = ex.request_head(self.conn.client_ip_bytes)
+        self.request_bytes = ex.request_head(self.conn.client_ip_bytes, ctx.hostname)
         self.connect()
 
     # -- request side ----------------------------------------------------------------------------------------
@@ -117,12 +117,18 @@ class Forwarder:
         self.sent_at = self.ctx.reactor.seconds()
         self.ctx.stats.node_request(self.ex.node.key)  # type: ignore[union-attr]
         if self.store is None:
-            self.written = True
-            self.ex.request_sent()
+            self.request_written(up)
         else:
             up.transport.registerProducer(self, True)
             self.pump()
-        up.set_deadline(self.config.upstream_read_timeout)
+
+    def request_written(self, up: NodeConnection) -> None:
+        """The whole request is with the node: from now on it owes the response, and only now does its read
+        timeout run (a slow upload is the client's time, bounded by client_timeout, never the node's)."""
+        self.written = True
+        self.ex.request_sent()
+        if not self.open_kind:  # (an event stream already flowing keeps no read timeout)
+            up.set_deadline(self.config.upstream_read_timeout)
 
     def pump(self) -> None:
         """Write the kept body to the node from where it got to, as far as its transport accepts."""
@@ -142,8 +148,7 @@ class Forwarder:
         if ex.request_complete and self.body_sent == store.size:
             if chunked:
                 up.transport.write(LAST_CHUNK)
-            self.written = True
-            ex.request_sent()
+            self.request_written(up)
             up.transport.unregisterProducer()
             self.resume_client()  # the last write may have paused us: nobody would resume the client then
 

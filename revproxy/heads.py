@@ -31,13 +31,19 @@ def simple_response(status: int, body: bytes = b"", close: bool = True, extra: b
                      b"Connection: close\r\n\r\n" if close else b"\r\n", body))
 
 
-def request_head(head: http1.Head, client_ip: bytes, upgrade: bytes = b"") -> bytes:
-    """The request head sent to a node; `upgrade` is the protocol to ask for (a tunnel), or empty."""
+def request_head(head: http1.Head, client_ip: bytes, upgrade: bytes = b"", hostname: bytes = b"") -> bytes:
+    """The request head sent to a node; `upgrade` is the protocol to ask for (a tunnel), or empty; `hostname` is
+    the Host for an HTTP/1.0 request that sent none.
+
+    Field names with an underscore are dropped, as nginx does (`underscores_in_headers off`): a CGI/WSGI node maps
+    `X_Real_IP` and `X-Real-IP` both to HTTP_X_REAL_IP, so the client's would sit next to ours."""
     parts = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+    if head.version == b"1.0" and hostname and head.get(b"host") is None:
+        parts += (b"Host: ", hostname, b"\r\n")
     forwarded_for: list[bytes] = []
     named = head.connection - {b"host"}
     for lname, name, value in head.fields:
-        if lname in REQUEST_DROP or lname in named:
+        if lname in REQUEST_DROP or lname in named or b"_" in lname:
             if lname == b"x-forwarded-for":
                 forwarded_for.append(value)
             continue

@@ -15,7 +15,7 @@ from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
 from revproxy.balancer import Balancer, Node
-from revproxy.client import ClientConnection
+from revproxy.client import ClientConnection, ProxyFactory
 from revproxy.config import NodeSpec, ProxyConfig
 from revproxy.context import ProxyContext
 from revproxy.node import NodeConnection
@@ -66,6 +66,18 @@ class Harness:
 
     def client(self, peer: str = "192.0.2.10") -> tuple[ClientConnection, MemoryTransport]:
         proto = ClientConnection(self.ctx)
+        transport = MemoryTransport(self.reactor, peer)
+        transport.protocol = proto
+        proto.makeConnection(transport)
+        proto.handshakeCompleted()
+        return proto, transport
+
+    def accept(self, peer: str) -> tuple[ClientConnection, MemoryTransport] | None:
+        """A connection through the listener's factory (the connection limits apply); None when refused. The TLS
+        handshake is not done yet."""
+        proto = ProxyFactory(self.ctx).buildProtocol(IPv4Address("TCP", peer, 40000))
+        if proto is None:
+            return None
         transport = MemoryTransport(self.reactor, peer)
         transport.protocol = proto
         proto.makeConnection(transport)
