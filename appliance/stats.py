@@ -9,13 +9,16 @@ atomically. The management listener sums the snapshots when it is scraped:
 - ``counters`` are summed over every snapshot ever written, so a dead worker's counts stay in the totals
   (they only grow) — a killed worker loses at most its last second;
 - ``gauges`` are summed over live processes only (a dead worker holds no allocations);
-- ``info`` (listen addresses, the node list and each node's health, the certificate) is merged by `merge_info`.
+- ``info`` (listen addresses, the certificate) is taken from the first live snapshot, the node list and each
+  node's health are merged by `merge_nodes`.
 
 Why not prometheus_client's multiprocess mode: it would make every worker call prometheus_client to copy its
 counters into mmap files, with a directory of files per metric and per pid to clean up, and it cannot carry the
-non-numeric facts the status page shows (nodes, certificate). A snapshot is one `json.dumps` of about a kilobyte
-and one file replaced, per second per worker (~0.2 ms measured, plus ~2 µs per live allocation walked), and a
-scrape reads one file per worker.
+non-numeric facts the status page shows (nodes, certificate). Measured here: copying 40 labelled counters, a gauge
+and a histogram into its mmap files costs ~0.9 ms per export, and a scrape of 4 processes ~2.8 ms. A snapshot here
+is one `json.dumps` of about a kilobyte and one file replaced, per second per worker (~0.2 ms, plus ~2 µs per live
+allocation walked), and a scrape reads one file per worker (~5 ms, /proc readings of every process included):
+neither way wins on cost.
 
 Pure apart from the file spool; no Twisted here (the publisher is in `appliance.publisher`).
 """
