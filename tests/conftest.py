@@ -16,7 +16,7 @@ KINDS = ("unit", "property", "integration")
 
 # Third-party tools the integration tests drive. When they are collected, a missing tool fails, never skips.
 REQUIRED_TOOLS = ("turnutils_uclient", "turnutils_peer", "turnutils_stunclient", "turnserver", "curl", "openssl",
-                  "tmux")
+                  "tmux", "pebble", "slapd", "slapadd")
 
 
 def _kind(path: Path) -> str | None:

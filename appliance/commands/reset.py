@@ -2,10 +2,10 @@
 
 Refuses while the appliance runs (a live pid file or an answering management listener, see appliance.running)
 unless `--force`. Lists what it will do and asks (or `--yes`); then removes the users (userdb), the TURN shared
-secrets (auth_secrets_file), the generated self-signed certificate and the certificates `rpturn cert install` kept
-(`certificate.pem` and `certificate.pem.previous` beside the config), restores the sample config atomically (the
-replaced config kept as `.bak`) and asks whether to delete the logs (`--logs`, default /var/log/rpturn; with `--yes`
-only when `--delete-logs` is given).
+secrets (auth_secrets_file), the generated self-signed certificate, the ACME account key and certificate, and the
+bundles `rpturn cert install` kept (`certificate.pem` and `.previous` beside the config), restores the sample config
+atomically (the replaced config kept as `.bak`) and asks whether to delete the logs (`--logs`, default
+/var/log/rpturn; with `--yes` only when `--delete-logs` is given).
 
 The sample is the project's `conf/rpturn.toml`; when that is the very file being reset, the copy `rpturn setup`
 kept the first time it replaced it (`FILE.orig`) is restored instead.
@@ -68,6 +68,10 @@ def files_to_remove(config: str, document: dict[str, Any]) -> list[str]:
     installed = os.path.join(os.path.dirname(config), INSTALLED_CERTIFICATE)
     candidates = [_path(relay, "userdb"), _path(relay, "auth_secrets_file"), _path(proxy, "self_signed"),
                   installed, installed + ".previous"]
+    acme = proxy.get("acme")
+    if isinstance(acme, dict):  # the ACME account key and the certificate obtained with it
+        state = _path(acme, "state_dir") or os.path.abspath("var/acme")
+        candidates += [os.path.join(state, "certificate.pem"), os.path.join(state, "account.key")]
     keep = {os.path.realpath(config), os.path.realpath(SAMPLE)}
     out = []
     for path in candidates:

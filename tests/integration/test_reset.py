@@ -24,8 +24,13 @@ def configured(tmp_path: Path) -> tuple[Path, list[Path]]:
                        f'management = "127.0.0.1:{free_port()}"\n')
     result = run_setup("--config", str(config), "--answers", str(answers))
     assert f"wrote {config}" in result.stdout, result.stdout + result.stderr
+    acme = tmp_path / "acme"
+    acme.mkdir()
+    with config.open("a") as f:  # an ACME state as the appliance leaves it
+        f.write(f'\n[revproxy.acme]\ndirectory = "https://127.0.0.1:1/dir"\nstate_dir = "{acme}"\n')
     made = [tmp_path / "turnuserdb.conf", tmp_path / "turn-secrets", tmp_path / "selfsigned.pem",
-            tmp_path / "certificate.pem", tmp_path / "certificate.pem.previous"]
+            tmp_path / "certificate.pem", tmp_path / "certificate.pem.previous", acme / "certificate.pem",
+            acme / "account.key"]
     for path in made[2:]:
         path.write_text("-----BEGIN CERTIFICATE-----\n")
     assert all(p.exists() for p in made)
