@@ -25,7 +25,7 @@ from appliance.publisher import StatsPublisher
 from appliance.sockets import Listener, bind_all, bind_tcp
 from appliance.startup import ServicePlan
 from revproxy import config as configmod
-from revproxy import guards, ldap_guard, stats, tls
+from revproxy import guards, ldap_guard, node_tls, stats
 from revproxy.acme_service import AcmeService
 from revproxy.balancer import Balancer, Node
 from revproxy.client import ProxyFactory
@@ -52,7 +52,7 @@ def resolve_nodes(config: ProxyConfig) -> tuple[list[Node], dict[str, object]]:
                 raise configmod.error(config.path, "nodes", f"cannot resolve {spec.host!r}: {e}") from None
             server_name = spec.host
         nodes.append(Node(spec.name, address, spec.port, server_name, spec.weight))
-        creators[spec.name] = tls.client_creator(address, server_name, config.verify_nodes, config.ca_file)
+        creators[spec.name] = node_tls.client_creator(address, server_name, config.verify_nodes, config.ca_file)
     return nodes, creators
 
 

@@ -22,7 +22,7 @@ from twisted.internet.selectreactor import SelectReactor
 from zope.interface import implementer
 
 from appliance import certs
-from revproxy import tls
+from revproxy import node_tls
 from revproxy.tls_transport import TLSFactory
 from tests.support.revproxy_process import Pki
 
@@ -94,7 +94,7 @@ def serve(reactor: Any, pki: Pki, make: Callable[[], Protocol] = Recorder) -> tu
 
 def connect(reactor: Any, pki: Pki, port: int, ca: str | None = None) -> One:
     factory = One()
-    creator = tls.client_creator("127.0.0.1", "localhost", True, ca or str(pki.root))
+    creator = node_tls.client_creator("127.0.0.1", "localhost", True, ca or str(pki.root))
     reactor.connectTCP("127.0.0.1", port, TLSFactory(creator, factory))
     return factory
 
@@ -140,7 +140,7 @@ def test_writes_made_before_the_handshake_are_sent_once_it_completes(reactor, pk
 
     server, _, port = serve(reactor, pki)
     client = One(Eager)
-    reactor.connectTCP("127.0.0.1", port, TLSFactory(tls.client_creator("127.0.0.1", "localhost", True,
+    reactor.connectTCP("127.0.0.1", port, TLSFactory(node_tls.client_creator("127.0.0.1", "localhost", True,
                                                                            str(pki.root)), client))
     spin(reactor, lambda: bool(server.built) and server.built[0].data == b"early bytes")
 
@@ -275,7 +275,7 @@ def _bytes_per_open_client(reactor: Any, pki: Pki, tickets: int, n: int = 40) ->
     _, server_tls, port = serve(reactor, pki, Answer)
     server_tls.context.num_tickets = tickets
     client = One()
-    creator = tls.client_creator("127.0.0.1", "localhost", True, str(pki.root))
+    creator = node_tls.client_creator("127.0.0.1", "localhost", True, str(pki.root))
     before = _malloc_in_use()
     for _ in range(n):
         reactor.connectTCP("127.0.0.1", port, TLSFactory(creator, client))
