@@ -109,7 +109,7 @@ def parse_hostport(text: str, default_port: int | None = None, *, numeric: bool 
     if _is_ip(host):
         return str(ipaddress.ip_address(host)), port
     if numeric:
-        raise ValueError(f"{text!r}: expected a numeric IP address, not a name")
+        raise ValueError(f"{text!r}: {host!r} is not an IP address (expected a numeric IP address, not a name)")
     if any(c.isspace() or c in "/[]@" for c in host):
         raise ValueError(f"{text!r} is not a host name")
     return host, port

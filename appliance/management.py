@@ -25,7 +25,7 @@ from twisted.logger import Logger
 from twisted.web import resource, server
 
 from appliance import stats
-from appliance.config import ConfigError
+from appliance.config import ConfigError, format_hostport
 from appliance.management_config import TABLE, ManagementConfig, load_management_config
 from appliance.metrics import CONTENT_TYPE, render
 from appliance.sockets import Listener, bind_listener, family_of
@@ -156,7 +156,7 @@ class ManagementService(Service):
         self.socket.close()  # the reactor holds its own duplicate
         address = self.port.getHost()
         log.info("management listener on http://{where}/ (/metrics, /status)",
-                 where=f"[{address.host}]:{address.port}" if ":" in address.host else f"{address.host}:{address.port}")
+                 where=format_hostport(address.host, address.port))
 
     def stopService(self):
         super().stopService()

@@ -144,22 +144,11 @@ def validate_management(text: str) -> str:
     text = text.strip()
     if text.lower() in ("off", "none", "-"):
         return ""
-    if text.startswith("["):
-        host, sep, rest = text[1:].partition("]")
-        if not sep or not rest.startswith(":"):
-            raise ValueError(f"{text!r} is not [IPv6 address]:port")
-        port_text = rest[1:]
-    else:
-        host, sep, port_text = text.partition(":")
-        if not sep:
-            raise ValueError(f"{text!r} has no port: give address:port, e.g. {DEFAULT_MANAGEMENT}, or 'off'")
     try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        raise ValueError(f"{host!r} is not an IP address") from None
-    if not port_text.isdigit() or not 0 < int(port_text) < 65536:
-        raise ValueError(f"{text!r}: the port must be 1-65535")
-    return f"[{address}]:{port_text}" if address.version == 6 else f"{address}:{port_text}"
+        host, port = parse_hostport(text, numeric=True)
+    except ValueError as e:
+        raise ValueError(f"{e}: give address:port, e.g. {DEFAULT_MANAGEMENT}, or 'off'") from None
+    return format_hostport(host, port)
 
 
 # --- answers and defaults -------------------------------------------------------------------------------------

@@ -18,6 +18,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from appliance.config import format_hostport
+
 TRANSPORTS = ("udp", "tcp", "tls")
 
 # The core's refusal reasons for 508, as causes (label values).
@@ -122,7 +124,8 @@ def service_snapshot(service: Any) -> dict:
     """The snapshot of a running `relay.service.RelayService` (duck-typed: its core, config and relay address)."""
     config, core = service.config, service.core
     info = {
-        "listen": [f"[{h}]:{p}" if ":" in h else f"{h}:{p}" for h, p in config.listen],
+        "listen": [format_hostport(h, p) for h, p in config.listen],
+        "tls_listen": [format_hostport(h, p) for h, p in getattr(config, "tls_listen", ())],
         "relay_address": config.external_ip or service.relay_ip,
         "relay_ports": f"{config.min_port}-{config.max_port}",
         "realm": config.realm,

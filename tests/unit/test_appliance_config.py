@@ -41,7 +41,7 @@ def test_hostport_parses(text, default, expected):
     ("[::1]443", None, False, "[IPv6 address]:port"),
     ("[1.2.3.4]:443", None, False, "only an IPv6 address"),
     (":443", None, False, "no address"),
-    ("node.example.com:443", None, True, "numeric IP address"),
+    ("node.example.com:443", None, True, "is not an IP address"),
     ("bad host:443", None, False, "not a host name"),
     (443, None, False, "string"),
 ])
