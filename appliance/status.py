@@ -39,6 +39,7 @@ def relay_status(f: ServiceFigures | None) -> dict[str, Any]:
         "permissions": g.get("permissions", 0),
         "channels": g.get("channels", 0),
         "listen": f.info.get("listen", []),
+        "tls_listen": f.info.get("tls_listen", []),
         "relay_address": f.info.get("relay_address", ""),
         "relay_ports": f.info.get("relay_ports", ""),
         "realm": f.info.get("realm", ""),

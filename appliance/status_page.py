@@ -83,6 +83,7 @@ def render_page(status: dict[str, Any], now: float) -> str:
     relay_rows = _rows([
         ("State", "relay-state", _state(relay.get("state", "not running"))),
         ("Listening on (UDP and TCP)", "relay-listen", _e(", ".join(relay.get("listen", [])) or "-")),
+        ("Listening on (TLS)", "relay-tls-listen", _e(", ".join(relay.get("tls_listen", [])) or "off")),
         ("Relay address", "relay-address", _e(relay.get("relay_address") or "-")),
         ("Relay ports", "relay-ports", _e(relay.get("relay_ports") or "-")),
         ("Active TURN clients", "relay-clients", _e(relay.get("clients", 0))),

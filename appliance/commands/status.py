@@ -85,7 +85,8 @@ def format_status(status: dict[str, Any], now: float | None = None) -> str:
     lines.append("")
     lines.append(f"TURN relay: {relay.get('state', 'not running')}")
     by = relay.get("allocations_by_transport", {})
-    row("listening on", ", ".join(relay.get("listen", [])) or "-")
+    row("listening on", (", ".join(relay.get("listen", [])) or "-") + " (UDP, TCP)"
+        + "".join(f", {a} (TLS)" for a in relay.get("tls_listen", [])))
     row("relay ports", relay.get("relay_ports") or "-")
     row("allocations", f"{_count(relay.get('allocations', 0))}  (UDP {by.get('udp', 0)}, TCP {by.get('tcp', 0)}, "
                        f"TLS {by.get('tls', 0)})")
