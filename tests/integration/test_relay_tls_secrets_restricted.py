@@ -180,9 +180,10 @@ def test_floods_of_garbage_and_half_handshakes_on_tls_listen_are_bounded(relay: 
 
     garbage, half = [], []
     hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03"  # the start of a ClientHello, and then nothing
+    not_tls = [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"\xff" + os.urandom(199), b"\x00\x01\x00\x00" + os.urandom(60)]
     for i in range(400):
         sock = socket.create_connection(("127.0.0.1", relay.tls_port), timeout=5)
-        sock.sendall(os.urandom(200) if i % 2 else hello)
+        sock.sendall(not_tls[i % 3] if i % 2 else hello)
         (garbage if i % 2 else half).append(sock)
     # Meanwhile a real client (from another address: the flood's has hit its per-source limit) is served.
     context = ssl.create_default_context(cafile=str(pki.root))
