@@ -13,6 +13,7 @@ busy 2-core machine); /status about 2.5 ms.
 
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import shutil
@@ -145,8 +146,11 @@ class ManagementService(Service):
         self.resource = ManagementResource(config, self.figures)
         self.port = None
         if self.owns_directory:
-            # After every service stopped: the workers write their last figures while the supervisor stops them.
+            # Removed after every service stopped (the workers write their last figures while the supervisor stops
+            # them); atexit covers a start-up error that ends the process before the reactor ever ran (twistd ends
+            # a SIGTERM-stopped process by re-raising the signal, which skips atexit: hence both).
             reactor.addSystemEventTrigger("after", "shutdown", shutil.rmtree, directory, ignore_errors=True)
+            atexit.register(shutil.rmtree, directory, ignore_errors=True)
 
     def startService(self) -> None:
         super().startService()
