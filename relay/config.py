@@ -43,6 +43,18 @@ class RelayConfig:
     auth_secrets: tuple[str, ...] = ()  # TURN REST API shared secrets (relay.restauth)
     auth_secrets_file: str | None = None  # the same, one a line, mode 0600, re-read on SIGHUP
     turn_clients: tuple[str, ...] = ()  # restricted mode: only these sources may use TURN (relay.restricted)
+    # Flood bounds (README, security): TCP control connections holding no allocation, per source IP and in all
+    # (also at most a quarter of the open-files limit), their lifetime (s) and buffer (bytes); the retransmission
+    # cache per user (entries) and in all (bytes); requests from clients without an allocation per source IP that
+    # has not authenticated lately, a second (0 = no limit), and their burst.
+    tcp_unallocated_per_ip: int = 64
+    tcp_unallocated_max: int = 10_000
+    tcp_unallocated_lifetime: int = 60
+    tcp_unallocated_buffer: int = 4096
+    transactions_per_user: int = 5_000
+    transaction_cache_bytes: int = 16 * 1024 * 1024
+    unauthenticated_rate: int = 10
+    unauthenticated_burst: int = 40
     # Where this config came from, for reloads and messages; not a TOML key.
     source: str | None = None
 
@@ -147,6 +159,14 @@ _CHECKS = {
     "auth_secrets": _check_auth_secrets,
     "auth_secrets_file": _check_str,
     "turn_clients": _check_cidrs,
+    "tcp_unallocated_per_ip": _check_int(1, 1_000_000),
+    "tcp_unallocated_max": _check_int(1, 10_000_000),
+    "tcp_unallocated_lifetime": _check_int(5, 86400),
+    "tcp_unallocated_buffer": _check_int(548, 65544),
+    "transactions_per_user": _check_int(1, 10_000_000),
+    "transaction_cache_bytes": _check_int(65536, 1 << 34),
+    "unauthenticated_rate": _check_int(0, 10_000_000),
+    "unauthenticated_burst": _check_int(1, 10_000_000),
 }
 assert set(_CHECKS) == _KEYS
 

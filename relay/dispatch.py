@@ -7,11 +7,13 @@ in `stats`, read by the `relay stats` line and exported by the metrics layer). N
 reads the clock outside `handle_stun` and `expire`, or imports Twisted: log lines go to the injected `emit`.
 
 The per-packet paths (ChannelData, Send indications, peer datagrams) go straight to the `Allocation`: one dict
-look-up here, then its own. Everything else is a request:
+look-up here, then its own. Everything else is a request; from a client without an allocation it first passes its
+source's token bucket (relay.source_limit), so a flood is dropped before any parsing:
 - Binding: answered at once, no authentication (relay.handlers.binding);
 - TURN requests: a retransmission gets the cached answer (relay.transactions), otherwise the long-term
   credential check (relay.authenticator), then the handler (relay.handlers); the answer is signed with the
   user's key, cached and returned.
+- TCP control connections without an allocation are admitted, capped and timed out by relay.control_connections.
 - Restricted mode (`turn_clients`, relay.restricted): a TURN request from a source outside the list gets no answer
   at all and is counted (`turn_restricted`); Binding is answered for anyone. ChannelData and Send indications
   need an allocation, which only an allowed source can make, so the per-packet path checks nothing more; those
@@ -25,12 +27,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from relay import handlers
-from relay.allocation import Allocation, ClientSender, FiveTuple, RelayOpener, TurnError, TurnSettings
+from relay.allocation import Address, Allocation, ClientSender, FiveTuple, RelayOpener, TurnError, TurnSettings
 from relay.authenticator import Authenticator
+from relay.control_connections import Admission, ControlConnections
 from relay.events import EventLog, EventSink, discard
 from relay.quota import LocalQuota
 from relay.relay_ports import RelayPorts
 from relay.restricted import TurnClients
+from relay.source_limit import SourceRateLimiter
 from relay.stun import (
     MAGIC_COOKIE,
     Attr,
@@ -82,12 +86,17 @@ class TurnServer:
         # Allocation counts per user and in all; shared by every worker process when there are several.
         self.quota: Quota = quota if quota is not None else LocalQuota()
         self.allocations: dict[FiveTuple, Allocation] = {}
+        # The UDP ones again, by listener address then client address (`udp_allocations`).
+        self._udp_allocations: dict[Address, dict[Address, Allocation]] = {}
         self.stats: collections.Counter[str] = collections.Counter()
-        self.events = EventLog(emit)
+        self.events = EventLog(emit, clock)
         self.relay_ports = RelayPorts(ports, open_relay)
         self.authenticator = Authenticator(settings.realm, credentials, nonces, self.events, self.stats, secrets)
         self.turn_clients = turn_clients if turn_clients is not None else TurnClients()
-        self.transactions = TransactionCache()
+        self.transactions = TransactionCache(settings.transactions_per_user, settings.transaction_cache_bytes)
+        self.connections = ControlConnections(settings.tcp_unallocated_per_ip, settings.tcp_unallocated_max,
+                                              settings.tcp_unallocated_lifetime)
+        self.sources = SourceRateLimiter(settings.unauthenticated_rate, settings.unauthenticated_burst)
 
     @property
     def credentials(self) -> CredentialStore:
@@ -114,6 +123,12 @@ class TurnServer:
         if settings is not None:
             self.settings = settings
             self.authenticator.realm = settings.realm
+            self.transactions.per_user = settings.transactions_per_user
+            self.transactions.max_bytes = settings.transaction_cache_bytes
+            connections = self.connections
+            connections.per_ip, connections.max_total = settings.tcp_unallocated_per_ip, settings.tcp_unallocated_max
+            connections.lifetime = settings.tcp_unallocated_lifetime
+            self.sources.rate, self.sources.burst = settings.unauthenticated_rate, settings.unauthenticated_burst
         if credentials is not None:
             self.authenticator.credentials = credentials
         if policy is not None:
@@ -129,6 +144,10 @@ class TurnServer:
         """A whole STUN message (never ChannelData) from a client: the response to send back, or None."""
         if data[:2] == _SEND_INDICATION_TYPE:
             self._send_indication(data, five_tuple)
+            return None
+        if (five_tuple not in self.allocations and self.sources.rate
+                and not self.sources.allow(five_tuple[1][0], self.clock())):
+            self.stats["rate_limited"] += 1
             return None
         try:
             request = parse(data)
@@ -160,6 +179,21 @@ class TurnServer:
             return cached
         return self._turn_request(request, five_tuple, send, handler)
 
+    def udp_allocations(self, local: Address) -> dict[Address, Allocation]:
+        """The UDP allocations made through the listener at `local`, by client address, in step with `allocations`.
+
+        The UDP listener looks each datagram's source up here (ChannelData then goes straight to the allocation)
+        instead of building a 5-tuple per datagram and hashing it: the shell's per-packet path.
+        """
+        return self._udp_allocations.setdefault(local, {})
+
+    def add_allocation(self, allocation: Allocation) -> None:
+        """A new allocation joins the table (and the UDP listener's look-up)."""
+        transport, client, local = allocation.five_tuple
+        self.allocations[allocation.five_tuple] = allocation
+        if transport == "udp":
+            self.udp_allocations(local)[client] = allocation
+
     def handle_channel_data(self, data: bytes, five_tuple: FiveTuple) -> None:
         """ChannelData from a client (hot path)."""
         allocation = self.allocations.get(five_tuple)
@@ -170,8 +204,19 @@ class TurnServer:
             return
         allocation.on_client_channel_data(data)
 
+    def tcp_connection_made(self, five_tuple: FiveTuple, close: Callable[[], None],
+                            fd_limit: int | None = None) -> bool:
+        """A client opened a TCP control connection: False when a limit refuses it (the shell closes it at once).
+        `close` ends the connection when it outlives `tcp_unallocated_lifetime` without an allocation."""
+        admission = self.connections.opened(five_tuple, close, self.clock(), fd_limit)
+        if admission is Admission.ADMITTED:
+            return True
+        self.stats["tcp_refused_per_source" if admission is Admission.PER_SOURCE_LIMIT else "tcp_refused_global"] += 1
+        return False
+
     def connection_lost(self, five_tuple: FiveTuple) -> None:
         """The client's TCP control connection closed: its allocation goes with it (RFC 5766 2.1)."""
+        self.connections.closed(five_tuple)
         allocation = self.allocations.get(five_tuple)
         if allocation is not None:
             self.delete(allocation, "connection-lost")
@@ -187,6 +232,10 @@ class TurnServer:
                 allocation.sweep(now, cooldown)
         self.relay_ports.expire(now)
         self.transactions.expire(now)
+        expired = self.connections.expire(now)
+        if expired:
+            self.stats["tcp_unallocated_expired"] += expired
+        self.events.flush(now)
 
     def close(self) -> None:
         """Shutdown: delete every allocation and reservation."""
@@ -198,6 +247,12 @@ class TurnServer:
     def delete(self, allocation: Allocation, reason: str) -> None:
         """Delete an allocation: its socket closed, its port and quota given back, one log line."""
         del self.allocations[allocation.five_tuple]
+        transport, client, local = allocation.five_tuple
+        if transport == "udp":
+            self._udp_allocations[local].pop(client, None)
+        if allocation.five_tuple[0] != "udp" and reason != "connection-lost":
+            # The control connection stays open without an allocation: bounded again as any such connection.
+            self.connections.deallocated(allocation.five_tuple, self.clock())
         allocation.close()
         self.relay_ports.release(allocation.port)
         self.quota.release(allocation.username)
@@ -222,6 +277,10 @@ class TurnServer:
             if not self.turn_clients.allows(five_tuple[1][0]):
                 self.stats["turn_restricted"] += 1
             return
+        self.send_indication(data, allocation)
+
+    def send_indication(self, data: bytes, allocation: Allocation) -> None:
+        """A Send indication from the client of `allocation` (the per-packet path of RFC 5766 10)."""
         parsed = parse_send_indication(data)
         if parsed is None:
             self.stats["malformed"] += 1
@@ -235,6 +294,7 @@ class TurnServer:
         except TurnError as refusal:
             return self._finish(request, self._error(request, refusal))
         # Authenticated: every answer from here on carries MESSAGE-INTEGRITY and is replayed to retransmissions.
+        self.sources.trust(five_tuple[1][0], now)  # its other 5-tuples' first requests skip the flood bucket
         unknown = handlers.unknown_required(request)
         try:
             if unknown:
@@ -243,7 +303,8 @@ class TurnServer:
         except TurnError as refusal:
             response = self._error(request, refusal)
         raw = self._finish(request, response, key)
-        self.transactions.put(five_tuple, request.transaction_id, raw, now + self.settings.transaction_lifetime)
+        self.transactions.put(five_tuple, request.transaction_id, raw, now + self.settings.transaction_lifetime,
+                              username)
         return raw
 
     def _error(self, request: Message, refusal: TurnError) -> Message:

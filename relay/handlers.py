@@ -99,7 +99,9 @@ def allocate(server: TurnServer, request: Message, five_tuple: FiveTuple, send: 
     if host in ("0.0.0.0", "::"):  # no advertised address configured: the one the client reached
         host = five_tuple[2][0]
     allocation.relayed_address = (host, allocation.port)
-    server.allocations[five_tuple] = allocation
+    server.add_allocation(allocation)
+    if five_tuple[0] != "udp":
+        server.connections.allocated(five_tuple)  # the quotas bound it from now on
     server.stats["allocations_created"] += 1
     server.events.allocation_created(allocation)
     response = success_response(request)

@@ -97,6 +97,14 @@ def turn_settings(config: RelayConfig, relay_ip: str) -> TurnSettings:
         max_lifetime=config.max_lifetime,
         user_quota=config.user_quota,
         total_quota=config.total_quota,
+        tcp_unallocated_per_ip=config.tcp_unallocated_per_ip,
+        tcp_unallocated_max=config.tcp_unallocated_max,
+        tcp_unallocated_lifetime=config.tcp_unallocated_lifetime,
+        tcp_unallocated_buffer=config.tcp_unallocated_buffer,
+        transactions_per_user=config.transactions_per_user,
+        transaction_cache_bytes=config.transaction_cache_bytes,
+        unauthenticated_rate=config.unauthenticated_rate,
+        unauthenticated_burst=config.unauthenticated_burst,
     )
 
 

@@ -8,6 +8,8 @@ for and writes its log lines (`log_event`, the core's injected sink) through twi
 from __future__ import annotations
 
 import contextlib
+import enum
+import resource
 import socket
 import sys
 from collections.abc import Callable
@@ -34,7 +36,8 @@ IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
 READ_BURST = 64
 # Seconds a TCP connection without an allocation may go without sending a whole frame.
 TCP_IDLE_TIMEOUT = 30.0
-# A TCP control connection may not buffer more than one maximal frame plus a bit.
+# A TCP control connection may not buffer more than one maximal frame plus a bit (with an allocation; without
+# one, `tcp_unallocated_buffer`: a STUN request is a few hundred bytes).
 MAX_TCP_BUFFER = 65536 + 8
 
 Address = tuple[str, int]
@@ -161,8 +164,25 @@ class TurnUDPListener:
             write(reply, reply_to)
 
 
+class StreamState(enum.Enum):
+    OPEN = "open"  # frames are read and answered
+    CLOSING = "closing"  # refused, unframeable or over its buffer: answers already written go out, nothing is read
+
+
+def open_files_limit() -> int:
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
 class TurnTCPConnection(Protocol):
-    """One client's TCP control connection (RFC 5766 §2.1): a stream of STUN messages and padded ChannelData."""
+    """One client's TCP control connection (RFC 5766 §2.1): a stream of STUN messages and padded ChannelData.
+
+    The core admits it (or refuses it: per-source and global caps on connections without an allocation) and closes
+    it when it outlives its lifetime without an allocation; while it holds none it may buffer only
+    `tcp_unallocated_buffer` bytes. Closing is graceful (`loseConnection`): the answer to a valid frame read before
+    the stream turned unframeable still goes out.
+    """
+
+    transport_name = "tcp"
 
     def __init__(self, core: TurnServer, local: Address, clock) -> None:
         self.core = core
@@ -172,12 +192,24 @@ class TurnTCPConnection(Protocol):
         self.five_tuple: tuple = ()
         self.frames = 0
         self.idle_check = None
+        self.state = StreamState.OPEN
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
-        self.five_tuple = ("tcp", (unmap(peer.host), peer.port), self.local)
+        self.five_tuple = (self.transport_name, (unmap(peer.host), peer.port), self.local)
         self.transport.setTcpNoDelay(True)
+        if not self.core.tcp_connection_made(self.five_tuple, self.transport.abortConnection, open_files_limit()):
+            self.state = StreamState.CLOSING
+            self.transport.abortConnection()
+            return
         self.idle_check = self.clock.callLater(TCP_IDLE_TIMEOUT, self.check_idle)
+
+    def close(self, *counters: str) -> None:
+        """Stop reading and close once what was written is sent (answers to earlier frames included)."""
+        for counter in counters:
+            self.core.stats[counter] += 1
+        self.state = StreamState.CLOSING
+        self.transport.loseConnection()
 
     def check_idle(self) -> None:
         """Close a connection that neither holds an allocation nor sent a whole frame for a while.
@@ -194,6 +226,8 @@ class TurnTCPConnection(Protocol):
         self.transport.abortConnection()
 
     def dataReceived(self, data: bytes) -> None:
+        if self.state is not StreamState.OPEN:
+            return
         buffer = self.buffer
         buffer += data
         offset = 0
@@ -206,16 +240,21 @@ class TurnTCPConnection(Protocol):
                 frame = bytes(buffer[offset : offset + size])
                 offset += size
                 self.frameReceived(frame)
+                if self.state is not StreamState.OPEN:
+                    return
         except StunDecodeError:
-            # The stream cannot be framed any more: nothing after this point can be trusted.
-            self.core.stats["malformed"] += 1
-            self.core.stats["tcp_unframeable_closed"] += 1
-            self.transport.abortConnection()
+            # The stream cannot be framed any more: nothing after this point can be trusted. What was answered
+            # before it goes out first (loseConnection flushes; abortConnection would discard it).
+            del buffer[:]
+            self.close("malformed", "tcp_unframeable_closed")
             return
         del buffer[:offset]
-        if len(buffer) > MAX_TCP_BUFFER:
-            self.core.stats["malformed"] += 1
-            self.transport.abortConnection()
+        if buffer:
+            limit = MAX_TCP_BUFFER if self.five_tuple in self.core.allocations else \
+                self.core.settings.tcp_unallocated_buffer
+            if len(buffer) > limit:
+                del buffer[:]
+                self.close("malformed", "tcp_buffer_closed")
 
     def frameReceived(self, frame: bytes) -> None:
         self.frames += 1
