@@ -1,11 +1,9 @@
 """The PIN guard's core: counting 403s per address in a window, bans that end, other addresses unaffected, bounded
-memory, the guarded path and the config table."""
+memory, the guarded path and the config table (the model-based property is in tests/property)."""
 
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from revproxy.pin_guard import PinGuard, PinGuardSettings, Verdict, is_guarded, settings_from_table
 
@@ -65,33 +63,14 @@ def test_mapped_ipv6_is_the_same_client():
 
 def test_memory_is_bounded_under_many_addresses():
     g, clock = guard(max_failures=2, max_clients=1000)
-    for i in range(50_000):
+    for i in range(20_000):
         ip = f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}"
         g.record_response(ip, 403)
         g.record_response(ip, 403)  # banned
         clock.now += 0.001
     assert g.tracked() <= 1000 and g.banned() <= 1000
-    assert g.forgotten_total >= 49_000
-    assert g.verdict("10.0.195.79") is Verdict.BLOCK  # the most recent bans are the ones kept (i = 49999)
-
-
-@given(st.lists(st.tuples(st.integers(0, 5), st.sampled_from([403, 200]), st.floats(0, 200)), max_size=200))
-def test_never_blocks_an_address_without_max_failures_403s_in_a_window(events):
-    """Model check: an address is blocked only if it had max_failures 403s within `window` before a time t,
-    and t is less than `ban` after the last of them."""
-    g, clock = guard(max_failures=3, window=50, ban=100)
-    history: dict[str, list[float]] = {}
-    for who, status, step in events:
-        clock.now += step
-        ip = f"192.0.2.{who}"
-        blocked = g.verdict(ip) is Verdict.BLOCK
-        times = history.get(ip, [])
-        could = any(clock.now < times[i + 2] + 100 and times[i + 2] - times[i] < 50 for i in range(len(times) - 2))
-        assert not blocked or could
-        if not blocked:
-            g.record_response(ip, status)
-            if status == 403:
-                history.setdefault(ip, []).append(clock.now)
+    assert g.forgotten_total >= 19_000
+    assert g.verdict("10.0.78.31") is Verdict.BLOCK  # the most recent bans are the ones kept (i = 19999)
 
 
 @pytest.mark.parametrize("method, target, guarded", [
