@@ -9,6 +9,7 @@ problem of either service is its one `FILE: [table] key: problem` line and exit 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from twisted.python import usage
@@ -25,6 +26,7 @@ def makeService(options: Options) -> Any:
 
     from appliance.management import management_service
     from appliance.startup import build_process, exit_on_config_error
+    from appliance.turn_on_https import compose as compose_turn_on_https
     from relay import service as relay_service
     from relay.config import load_relay_config
     from revproxy import config as revproxy_config
@@ -36,12 +38,16 @@ def makeService(options: Options) -> Any:
         # Both tables validated before anything is bound, so a typo in either is reported first.
         relay_cfg = load_relay_config(path)
         proxy_cfg = revproxy_config.load(path)
+        if relay_cfg.tls_listen and not relay_cfg.certificate:
+            # TURN over TLS serves the proxy's certificate unless [relay] names its own.
+            relay_cfg = dataclasses.replace(relay_cfg, certificate=revproxy_service.certificate_path(proxy_cfg))
         # [management]: made before the workers' plans, so every worker inherits where to publish its figures.
         management = management_service(path, reactor)
-        top = build_process([
-            relay_service.plan(relay_cfg, {}, reactor),
-            revproxy_service.plan(proxy_cfg, {}, reactor),
-        ], reactor)
+        relay_plan = relay_service.plan(relay_cfg, {}, reactor)
+        proxy_plan = revproxy_service.plan(proxy_cfg, {}, reactor)
+        if proxy_cfg.turn_on_https:
+            compose_turn_on_https(relay_plan, proxy_plan, proxy_cfg)
+        top = build_process([relay_plan, proxy_plan], reactor)
         if management is not None:
             management.setServiceParent(top)
             top.signals.on_reload("management", management.reload)

@@ -30,7 +30,16 @@ from zope.interface import implementer
 from appliance.certs import TLS12_CIPHERS, BundleError, read_bundle
 from relay.shell import TurnTCPConnection, TurnTCPFactory
 
-__all__ = ["HANDSHAKE_TIMEOUT", "RelayTLS", "TurnTLSConnection", "listen_tls", "tls_context", "tls_factory"]
+__all__ = [
+    "HANDSHAKE_TIMEOUT",
+    "RelayTLS",
+    "TurnStreamConnection",
+    "TurnStreamFactory",
+    "TurnTLSConnection",
+    "listen_tls",
+    "tls_context",
+    "tls_factory",
+]
 
 HANDSHAKE_TIMEOUT = 10.0  # seconds from TCP accept to a finished TLS handshake
 
@@ -72,11 +81,26 @@ class RelayTLS:
         return connection
 
 
-@implementer(IHandshakeListener)
-class TurnTLSConnection(TurnTCPConnection):
-    """A TURN control connection inside TLS: transport "tls" in the 5-tuple, and a bounded handshake."""
+class TurnStreamConnection(TurnTCPConnection):
+    """A TURN control connection whose 5-tuple names `transport_name` ("tcp" or "tls"): TLS, if any, is done by
+    whoever owns the transport (our TLS listener below, or the proxy's HTTPS port with turn_on_https)."""
 
     transport_name = "tls"
+
+    def __init__(self, core: Any, local: tuple[str, int], clock: Any, transport_name: str | None = None) -> None:
+        super().__init__(core, local, clock)
+        if transport_name is not None:
+            self.transport_name = transport_name
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if self.five_tuple and self.five_tuple[0] != self.transport_name:
+            self.five_tuple = (self.transport_name, *self.five_tuple[1:])  # a shell without transport_name
+
+
+@implementer(IHandshakeListener)
+class TurnTLSConnection(TurnStreamConnection):
+    """A TURN control connection inside our own TLS: transport "tls" in the 5-tuple, and a bounded handshake."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -84,7 +108,6 @@ class TurnTLSConnection(TurnTCPConnection):
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.five_tuple = (self.transport_name, *self.five_tuple[1:])
         self.handshake_timer = self.clock.callLater(HANDSHAKE_TIMEOUT, self.handshake_timed_out)
 
     def handshakeCompleted(self) -> None:
@@ -107,6 +130,17 @@ class TurnTLSConnection(TurnTCPConnection):
 class TurnTLSFactory(TurnTCPFactory):
     def buildProtocol(self, addr: Any) -> TurnTLSConnection:
         return TurnTLSConnection(self.core, self.local, self.clock)
+
+
+class TurnStreamFactory(TurnTCPFactory):
+    """TURN control connections over streams someone else accepted (the proxy's HTTPS port)."""
+
+    def __init__(self, core: Any, local: tuple[str, int], clock: Any, transport_name: str) -> None:
+        super().__init__(core, local, clock)
+        self.transport_name = transport_name
+
+    def buildProtocol(self, addr: Any) -> TurnStreamConnection:
+        return TurnStreamConnection(self.core, self.local, self.clock, self.transport_name)
 
 
 class _TLSFactory(TLSMemoryBIOFactory):

@@ -17,6 +17,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from revproxy import http1
+from revproxy.demux import turn_inside_tls
 from revproxy.exchange import Exchange
 from revproxy.forward import Forwarder
 from revproxy.heads import simple_response
@@ -73,6 +74,9 @@ class ClientConnection(Deadline, Protocol):
         """The connection's first bytes land here, once: the place to look at them before they are taken as HTTP
         (protocol detection). Every later read goes straight to `received`."""
         self.dataReceived = self.received  # type: ignore[method-assign]
+        if self.ctx.turn_handoff is not None and turn_inside_tls(self.ctx.turn_handoff, self, data):
+            self.hand_over()  # TURN over TLS on the HTTPS port: the relay has the connection now
+            return
         self.received(data)
 
     def hand_over(self) -> None:

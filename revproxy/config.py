@@ -78,6 +78,7 @@ class ProxyConfig:
     webapp_dir: str = ""
     webapp_path: str = "/webapp/"
     access_log: bool = True
+    turn_on_https: bool = False  # the HTTPS port also carries TURN, told apart by its first bytes (revproxy.demux)
     workers: int = 1
     pin_guard: PinGuardSettings = field(default_factory=PinGuardSettings)  # [revproxy.pin_guard]
     acme: acme_settings.AcmeSettings | None = None  # automatic certificates, see revproxy/acme.py
@@ -129,7 +130,7 @@ def from_table(table: dict[str, Any], path: str = "<config>") -> ProxyConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise error(path, key, f"expected a whole number >= 0, got {v!r}")
             values[key] = v
-    for key in ("verify_nodes", "access_log"):
+    for key in ("verify_nodes", "access_log", "turn_on_https"):
         if key in table:
             if not isinstance(table[key], bool):
                 raise error(path, key, f"expected true or false, got {table[key]!r}")

@@ -54,6 +54,9 @@ class ProxyContext:
         self.finished: list[Callable[[Exchange], None]] = []
         self.pin_guard: Any = None  # revproxy.guards.PinGuardHook, once installed
         self.ldap: Any = None  # revproxy.ldap_guard.LdapGuard, once installed
+        # turn_on_https: the relay's TURN for connections whose first bytes are STUN (revproxy.demux.TurnHandoff),
+        # given by the appliance when the relay runs in this process; None: HTTPS only.
+        self.turn_handoff: Any = None
         self.active = 0
         self.stats = ProxyStats()  # plain counters, read by the management listener's snapshot
         self.draining = False

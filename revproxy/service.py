@@ -181,7 +181,14 @@ class RevproxyService(MultiService):
         sockets, self.sockets = self.sockets, None
         if sockets is None:
             sockets = [bind_tcp(lst.host, lst.port) for lst in listeners(cfg)]
-        self.ports.append(adopt(self.reactor, sockets[0], TLSFactory(self.tls, ProxyFactory(self.ctx))))
+        https: Any = TLSFactory(self.tls, ProxyFactory(self.ctx))
+        if self.ctx.turn_handoff is not None:  # turn_on_https, composed in by the appliance (appliance.turn_on_https)
+            from revproxy.demux import DemuxFactory
+
+            https = DemuxFactory(https, self.ctx.turn_handoff, self.reactor)
+        elif cfg.turn_on_https:
+            log.warn("turn_on_https: the relay does not run in this process (twistd rpturn runs both): HTTPS only")
+        self.ports.append(adopt(self.reactor, sockets[0], https))
         if cfg.http is not None:
             self.ports.append(adopt(self.reactor, sockets[1], RedirectFactory(self.ctx)))
         super().privilegedStartService()

@@ -8,7 +8,6 @@ TURN-on-443 tests."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,10 +16,10 @@ import pytest
 
 from relay.restauth import make_credentials
 from tests.support.chromium import BrowserError, Chromium
+from tests.support.chromium import relay_round_trip as webrtc_relay_round_trip
 from tests.support.coturn import Coturn, running_coturn
 from tests.support.revproxy_process import Pki
 
-PAGE = (Path(__file__).resolve().parents[1] / "support" / "webrtc_relay.js").read_text()
 SECRET = "browser-test-secret-0123456789"
 
 
@@ -28,8 +27,7 @@ def relay_round_trip(browser: Chromium, turns_url: str, secret: str, messages: i
                      timeout: float = 15.0) -> dict:
     username, password = make_credentials(secret, "browser", 600, time.time())
     servers = [{"urls": [turns_url], "username": username, "credential": password}]
-    return browser.evaluate(f"{PAGE}\nrelayRoundTrip({json.dumps(servers)}, {messages}, {int(timeout * 1000)})",
-                            timeout=timeout + 5)
+    return webrtc_relay_round_trip(browser, servers, messages, timeout)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,9 @@ CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CERTUTIL = shutil.which("certutil") or "/usr/bin/certutil"
 
 
+PAGE = (Path(__file__).resolve().parent / "webrtc_relay.js").read_text()
+
+
 class BrowserError(RuntimeError):
     """Chromium could not be started, or a script failed in it."""
 
@@ -135,3 +138,10 @@ class Chromium:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+
+
+def relay_round_trip(browser: Chromium, ice_servers: list[dict], messages: int = 5, timeout: float = 15.0) -> dict:
+    """Run tests/support/webrtc_relay.js: two relay-only peer connections, a data channel round trip; the echoes
+    and the selected candidate pair (see there)."""
+    return browser.evaluate(f"{PAGE}\nrelayRoundTrip({json.dumps(ice_servers)}, {messages}, {int(timeout * 1000)})",
+                            timeout=timeout + 5)
