@@ -61,7 +61,7 @@ def test_wizard_in_a_terminal_every_question_wrong_answers_then_rerun(tmp_path):
         term.expect("Enter on the first line keeps: 10.40.0.10:443, 10.40.0.11:443")
         term.expect("node 1: ")
         term.send("bad node!")
-        rejected(term, "neither an IP address nor a DNS name", 2)
+        rejected(term, "'bad node!'", 2)  # the reason names the refused input
         term.send("10.0.0.1")
         term.expect("node 2: ")
         term.send("10.0.0.1")
