@@ -274,3 +274,47 @@ def test_listed_source_allocates_and_relays(restricted: RelayProcess) -> None:
     finally:
         client.close()
         peer.close()
+
+
+# -- aioice over TLS -------------------------------------------------------------------------------------------
+
+
+def test_aioice_turn_client_over_tls_with_rest_credentials(relay: RelayProcess, pki: Pki) -> None:
+    import asyncio
+
+    from aioice.turn import create_turn_endpoint
+
+    peer = EchoPeer()
+    username, password = make_credentials(FIRST, "aioice", 600, time.time())
+    context = ssl.create_default_context(cafile=str(pki.root))
+    context.check_hostname = False  # aioice connects by address; the chain is still checked against the test CA
+
+    class Collect(asyncio.DatagramProtocol):
+        def __init__(self) -> None:
+            self.received: list[bytes] = []
+            self.arrived = asyncio.Event()
+
+        def datagram_received(self, data: bytes, addr: tuple) -> None:
+            self.received.append(data)
+            if len(self.received) == 50:
+                self.arrived.set()
+
+    async def exchange() -> list[bytes]:
+        endpoint, collector = await create_turn_endpoint(
+            Collect, server_addr=("127.0.0.1", relay.tls_port), username=username, password=password,
+            transport="tcp", ssl=context)
+        try:
+            for i in range(50):
+                endpoint.sendto(b"%05d" % i + b"y" * 300, peer.address)
+                await asyncio.sleep(0.002)
+            await asyncio.wait_for(collector.arrived.wait(), 10)
+            return collector.received
+        finally:
+            endpoint.close()
+            await asyncio.sleep(0.1)
+
+    try:
+        received = asyncio.run(exchange())
+    finally:
+        peer.close()
+    assert sorted(received) == [b"%05d" % i + b"y" * 300 for i in range(50)]

@@ -169,3 +169,18 @@ def test_floods_of_garbage_and_half_handshakes_on_the_https_port_are_bounded(set
     assert not pending, f"{len(pending)} flood connections still open"
     assert curl(app, pki, 1) == ["200"]
     assert "Traceback" not in app.log()
+
+
+def test_turn_on_https_with_worker_processes_is_refused_in_one_line(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    app = ApplianceProcess(tmp_path, relay={"workers": 2},
+                           revproxy={"certificate": str(pki.bundle), "nodes": ["127.0.0.1:9"], "turn_on_https": True},
+                           users={"alice": "secret"})
+    from tests.support.relay_process import ROOT, TWISTD
+
+    done = subprocess.run([TWISTD, "-n", "--pidfile=", "rpturn", "--config", str(app.config_path)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode != 0
+    output = done.stdout + done.stderr
+    assert "[revproxy] turn_on_https: needs workers = 1" in output, output
+    assert "Traceback" not in output and "Usage:" not in output
