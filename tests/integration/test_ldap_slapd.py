@@ -110,3 +110,40 @@ def test_search_mode_with_a_service_account_after_a_reload(site):
     assert request(pki, port, "GET", API, headers=basic("alice", "nope"), source="127.0.0.41").status == 401
     assert request(pki, port, "GET", API, headers=basic("nobody", "x"), source="127.0.0.42").status == 401
     assert request(pki, port, "GET", API, headers=basic("bob", "bob-pw")).status == 403
+
+
+def test_ldaps_and_starttls_verify_the_directory_certificate(tmp_path):
+    """The same checks over TLS: ldaps:// and StartTLS, the directory's certificate verified against `ca_file`
+    (a directory whose certificate is not trusted is unavailable: 503)."""
+    pki = Pki(tmp_path)
+    cert, key = pki.issue(("localhost",))
+    tls = (pki.root, pki.write("slapd-cert.pem", cert, pki.intermediate_pem), pki.write("slapd-key.pem", key))
+    slapd = Slapd(tmp_path / "slapd", tls=tls)
+    nodes = Nodes(tmp_path, names=("a",))
+    other = Pki(tmp_path / "other") if (tmp_path / "other").mkdir() is None else None
+    ldap = {"url": slapd.tls_url, "ca_file": str(pki.root), "user_dn_template": f"uid={{user}},{PEOPLE}",
+            "group": GROUP, "timeout": 2}
+    config, tables = loopback_config(tmp_path, certificate=str(pki.bundle), nodes=nodes.addresses(), ldap=ldap)
+    port = port_of(tables["revproxy"]["https"])
+    app = OperatedAppliance(tmp_path, config, port)
+    try:
+        assert request(pki, port, "GET", API, headers=basic("alice", "alice-pw")).status == 200
+        assert request(pki, port, "GET", API, headers=basic("alice", "wrong")).status == 401
+        assert request(pki, port, "GET", API, headers=basic("bob", "bob-pw")).status == 403
+        for changed in ({"url": f"ldap://localhost:{slapd.port}", "starttls": True},  # StartTLS on the plain port
+                        {"ca_file": str(other.root)}):  # a CA that did not sign the directory's certificate
+            tables["revproxy"]["ldap"] = {**ldap, **changed}
+            config.write_text(tomlkit.dumps(tables))
+            before = app.log().count("reloaded ")
+            os.kill(int(app.pidfile.read_text()), signal.SIGHUP)
+            deadline = time.monotonic() + 10
+            while app.log().count("reloaded ") <= before:
+                assert time.monotonic() < deadline, app.log()[-2000:]
+                time.sleep(0.1)
+            expected = 200 if "starttls" in changed else 503
+            assert request(pki, port, "GET", API, headers=basic("alice", "alice-pw")).status == expected, changed
+        assert "certificate verify failed" in app.log()  # the 503 was the untrusted certificate
+    finally:
+        app.stop()
+        nodes.close()
+        slapd.stop()

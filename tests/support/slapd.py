@@ -1,8 +1,9 @@
 """A real OpenLDAP `slapd` (Debian package) on loopback with a small directory, for the proxy's LDAP tests.
 
 dc=example,dc=com with people alice (password alice-pw, member of cn=pexip-users), bob (bob-pw, in no group) and
-a service account cn=reader (reader-pw) for the search mode. Loaded with slapadd before the start, so the server is
-ready when its port answers. `stop()` ends the process this helper started (its pid), `start()` brings it back.
+a service account cn=reader (reader-pw) for the search mode. With `tls` it also serves ldaps:// and StartTLS.
+Loaded with slapadd before the start, so the server is ready when its port answers. `stop()` ends the process this
+helper started (its pid), `start()` brings it back.
 """
 
 from __future__ import annotations
@@ -34,6 +35,11 @@ rootpw admin-pw
 directory {where}/db
 access to attrs=userPassword by self read by anonymous auth by * none
 access to * by * read
+"""
+TLS = """\
+TLSCACertificateFile {ca}
+TLSCertificateFile {cert}
+TLSCertificateKeyFile {key}
 """
 
 DATA = f"""\
@@ -79,15 +85,18 @@ member: uid=alice,ou=people,{SUFFIX}
 
 
 class Slapd:
-    def __init__(self, where: Path) -> None:
+    def __init__(self, where: Path, tls: tuple[Path, Path, Path] | None = None) -> None:
+        """`tls`: (CA file, certificate with its chain, key) to also serve ldaps:// and StartTLS."""
         self.where = where
         (where / "db").mkdir(parents=True, exist_ok=True)
         self.config = where / "slapd.conf"
-        self.config.write_text(CONFIG.format(where=where, suffix=SUFFIX))
+        tls_lines = TLS.format(ca=tls[0], cert=tls[1], key=tls[2]) if tls else ""
+        self.config.write_text(tls_lines + CONFIG.format(where=where, suffix=SUFFIX))
         (where / "data.ldif").write_text(DATA)
         subprocess.run(["slapadd", "-f", str(self.config), "-l", str(where / "data.ldif")], check=True,
                        capture_output=True, timeout=30)
         self.port = free_port()
+        self.tls_port = free_port() if tls else None
         self.proc: subprocess.Popen | None = None
         self.start()
 
@@ -95,12 +104,19 @@ class Slapd:
     def url(self) -> str:
         return f"ldap://127.0.0.1:{self.port}"
 
+    @property
+    def tls_url(self) -> str:
+        return f"ldaps://localhost:{self.tls_port}"
+
     def start(self) -> None:
         # -d 0: stay in the foreground (no fork), so the pid is the one this helper stops.
-        self.proc = subprocess.Popen(["slapd", "-d", "0", "-h", f"ldap://127.0.0.1:{self.port}/",
+        urls = f"ldap://127.0.0.1:{self.port}/" + (f" ldaps://127.0.0.1:{self.tls_port}/" if self.tls_port else "")
+        self.proc = subprocess.Popen(["slapd", "-d", "0", "-h", urls,
                                       "-f", str(self.config)], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)
         wait_for_port("127.0.0.1", self.port, 15, self.proc)
+        if self.tls_port:
+            wait_for_port("127.0.0.1", self.tls_port, 15, self.proc)
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
