@@ -203,3 +203,46 @@ def test_allocation_log_lines_are_rate_limited_per_user_with_a_summary(tmp_path)
         bob.close()
     finally:
         relay.stop()
+
+
+def test_requests_from_a_source_without_allocation_are_rate_limited_and_others_still_answered(tmp_path):
+    relay = RelayProcess(tmp_path, unauthenticated_rate=10, unauthenticated_burst=40).start()
+    try:
+        flooder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        flooder.bind(("127.1.0.7", 0))
+        flooder.settimeout(0.5)
+        for i in range(200):  # paced (about 0.4 s in all) so that no datagram is lost in a kernel buffer
+            flooder.sendto(binding_request()[0], relay.address)
+            if i % 20 == 19:
+                time.sleep(0.02)
+        answered = 0
+        try:
+            while True:
+                flooder.recv(2048)
+                answered += 1
+        except TimeoutError:
+            pass
+        flooder.close()
+        assert 40 <= answered <= 60, f"{answered} of 200 Bindings from one source answered"
+        # Another source is untouched, and a source that authenticated is trusted for its next 5-tuples.
+        assert udp_binding_from("127.1.0.8", relay.address) is not None
+        alice = RawTurnClient(relay.address, source="127.1.0.9")
+        assert error_code(alice.allocate()) is None
+        for _ in range(60):
+            assert udp_binding_from("127.1.0.9", relay.address) is not None
+        alice.close()
+    finally:
+        relay.stop()
+
+
+def udp_binding_from(source: str, server: tuple[str, int]) -> stun.Message | None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        sock.settimeout(1.0)
+        request, transaction_id = binding_request()
+        sock.sendto(request, server)
+        try:
+            response = stun.parse(sock.recv(2048))
+        except TimeoutError:
+            return None
+        return response if response.transaction_id == transaction_id else None

@@ -1,0 +1,100 @@
+"""A loopback STUN flood from many 127.x.y.z sources, and a legitimate client's success rate while it runs.
+
+Used by the relay's flood test and `benchmarks/relay_flood.py`. The flood runs in a child process (its own core,
+as an attacker's would be): Binding requests, round-robin over `sources` UDP sockets bound to 127.1.0.1,
+127.1.0.2, ... and sent as fast as one Python loop can, for `seconds`. Traffic stays on 127.0.0.0/8.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import socket
+import time
+
+from relay import stun
+from tests.support.relay_process import RawTurnClient, binding_request
+
+
+def source_address(i: int) -> str:
+    return f"127.1.{i // 250}.{1 + i % 250}"
+
+
+def _flood(target: tuple[str, int], sources: int, seconds: float, ready, sent) -> None:
+    socks = []
+    for i in range(sources):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((source_address(i), 0))
+        sock.setblocking(False)
+        socks.append(sock)
+    request = stun.encode(stun.Message(stun.Method.BINDING, stun.MessageClass.REQUEST, os.urandom(12), []))
+    ready.set()
+    count = 0
+    deadline = time.monotonic() + seconds
+    senders = [sock.sendto for sock in socks]  # answers are never read: the kernel drops them when a buffer fills
+    while time.monotonic() < deadline:
+        for send in senders:
+            with contextlib.suppress(OSError):  # our own send buffer full: the flood just goes on
+                send(request, target)
+        count += len(senders)
+    sent.value = count
+    for sock in socks:
+        sock.close()
+
+
+class Flood:
+    """`with Flood(address, sources=250, seconds=6) as flood: ...`; `flood.rate` is packets a second offered."""
+
+    def __init__(self, target: tuple[str, int], sources: int = 250, seconds: float = 6.0) -> None:
+        context = multiprocessing.get_context("fork")
+        self.ready = context.Event()
+        self.sent = context.Value("q", 0)
+        self.seconds = seconds
+        self.process = context.Process(target=_flood, args=(target, sources, seconds, self.ready, self.sent),
+                                       daemon=True)
+
+    def __enter__(self) -> Flood:
+        self.process.start()
+        assert self.ready.wait(10), "the flood did not start"
+        self.started = time.monotonic()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process.join(self.seconds + 10)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+
+    @property
+    def rate(self) -> float:
+        return self.sent.value / self.seconds
+
+
+def legitimate_success(target: tuple[str, int], attempts: int = 6, timeout: float = 1.0,
+                       source: str = "127.0.0.1") -> tuple[int, int]:
+    """(Bindings answered, unauthenticated Allocates answered with their 401) out of `attempts` each, one try
+    each with `timeout`: what a fresh client (not yet authenticated, so without any trust) sees."""
+    bindings = allocates = 0
+    for _ in range(attempts):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind((source, 0))
+            sock.settimeout(timeout)
+            request, transaction_id = binding_request()
+            sock.sendto(request, target)
+            try:
+                while True:
+                    if stun.parse(sock.recvfrom(2048)[0]).transaction_id == transaction_id:
+                        bindings += 1
+                        break
+            except TimeoutError:
+                pass
+        client = RawTurnClient(target, timeout=timeout, source=source)
+        try:
+            client.learn_nonce()
+            allocates += 1
+        except TimeoutError:
+            pass
+        finally:
+            client.close()
+    return bindings, allocates
