@@ -86,10 +86,15 @@ class Site:
             self.hostname = socket.getfqdn()
         https = _string(proxy, "https") or "0.0.0.0:443"
         self.https = running.connect_address(https)
+        acme = proxy.get("acme") if isinstance(proxy.get("acme"), dict) else None
+        self.acme_bundle = (os.path.join(os.path.abspath(_string(acme, "state_dir") or "var/acme"), "certificate.pem")
+                            if acme is not None else None)
 
     @property
     def current(self) -> str:
-        """The bundle being served (or that would be): the configured one, else the self-signed one."""
+        """The bundle being served (or that would be): ACME's once obtained, the configured one, the self-signed."""
+        if self.acme_bundle is not None and os.path.exists(self.acme_bundle):
+            return self.acme_bundle
         return self.configured or self.self_signed
 
     def inspect(self, data: bytes) -> certs.Inspection:
@@ -151,7 +156,9 @@ def cmd_show(site: Site, args: argparse.Namespace) -> int:
     path = site.current
     if not site.configured and not os.path.exists(path):
         raise CommandError(f"no certificate yet: the built-in self-signed one ({path}) is made at the first start")
-    print(f"certificate: {path}" + ("" if site.configured else "  (the built-in self-signed one)"))
+    origin = ("  (obtained over ACME)" if path == site.acme_bundle else
+              "" if site.configured else "  (the built-in self-signed one)")
+    print(f"certificate: {path}{origin}")
     inspection = site.inspect(read(path))
     if inspection.description is not None:
         for line in describe_lines(inspection.description):
@@ -330,4 +337,7 @@ def run(args: argparse.Namespace) -> int:
     site = Site(args.config)
     if args.cert_command != "show" and site.https is None:
         raise CommandError(f"{site.config}: [revproxy] https: not an address:port to connect to")
+    if args.cert_command != "show" and site.acme_bundle is not None:
+        raise CommandError(f"{site.config}: [revproxy] acme: certificates are obtained over ACME; remove the acme key "
+                           f"to install one by hand")
     return {"show": cmd_show, "install": cmd_install, "rollback": cmd_rollback}[args.cert_command](site, args)

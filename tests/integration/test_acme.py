@@ -15,7 +15,9 @@ import tomlkit
 
 from tests.support.operated_appliance import OperatedAppliance, loopback_config, port_of
 from tests.support.pebble import Pebble
-from tests.support.revproxy_process import Pki
+from tests.support.revproxy_process import VENV_BIN, Pki
+
+RPTURN = str(VENV_BIN / "rpturn")
 
 
 def served(port: int) -> tuple[str, str]:
@@ -70,6 +72,13 @@ def test_certificate_obtained_served_renewed_and_kept_when_the_server_is_gone(tm
         assert "GET /.well-known/acme-challenge/" in pebble.log() or "Attempting to validate w/ HTTP" in pebble.log()
         wait_for(lambda: metric(management, 'rpturn_proxy_acme_events_total{event="renewed"}') >= 1, 10,
                  "the renewal counted in /metrics")
+        show = subprocess.run([RPTURN, "cert", "show", "--config", str(config)], capture_output=True, text=True,
+                              timeout=30)
+        assert f"certificate: {bundle}  (obtained over ACME)" in show.stdout, show.stdout + show.stderr
+        assert "issuer:      CN=Pebble Intermediate" in show.stdout
+        refused = subprocess.run([RPTURN, "cert", "install", str(pki.bundle), "--config", str(config)],
+                                 capture_output=True, text=True, timeout=30)
+        assert refused.returncode == 1 and "certificates are obtained over ACME" in refused.stderr
         time.sleep(2.5)  # two more checks: a certificate with years left is not renewed
         assert served(https_port)[1] == first
         assert app.log().count("acme: installed a certificate") == 1
