@@ -9,7 +9,8 @@ other addresses and other paths are unaffected. The address is the TCP peer's: X
 Memory: at most `max_clients` addresses are tracked with failures and at most `max_clients` bans are held; beyond
 that the least recently failing address (or the ban ending first) is forgotten, so a flood of addresses costs a
 bounded amount of memory and can at worst make the guard forget, never grow. Each tracked address holds at most
-`max_failures` timestamps.
+`max_failures` timestamps. The counts are per proxy process: with `workers = N` an address may make up to
+N x max_failures attempts before every worker has banned it (the kernel spreads its connections over the workers).
 
 Config `[revproxy.pin_guard]`: enabled (false), max_failures (10), window (300), ban (300), max_clients (100000).
 """
