@@ -170,6 +170,8 @@ def from_table(table: dict[str, Any], path: str = "<config>") -> ProxyConfig:
         except ValueError as e:
             key, _, problem = str(e).partition(": ")
             raise error(path, "acme" if key == "-" else f"acme.{key}", problem) from None
+        if values.get("http", ProxyConfig.http) is None:
+            raise error(path, "acme", "HTTP-01 needs the port-80 listener: set http (it answers the challenges)")
     if "ldap" in table:
         try:
             values["ldap"] = ldap_auth.settings_from_table(table["ldap"])
