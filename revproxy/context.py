@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from appliance.memory import BurstWatch
 from appliance.ratelimit import LogLimiter
 from revproxy.balancer import Balancer, Node
 from revproxy.config import ProxyConfig
@@ -70,6 +71,7 @@ class ProxyContext:
         self.open = 0
         self.limit: int | None = None  # max_connections in force, worked out once the open-files limit is raised
         self.limit_log = LogLimiter(rate=1.0, burst=10.0)
+        self.bursts = BurstWatch(reactor.callLater)  # memory back to the system after a flood has gone
 
     def apply(self, config: ProxyConfig, nodes: list[Node], creators: dict[str, object]) -> None:
         self.config = config
@@ -114,6 +116,7 @@ class ProxyContext:
             oldest.transport.abortConnection()
         self.open += 1
         self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        self.bursts.opened(self.open)
         return True
 
     def release(self, conn: ClientConnection) -> None:
@@ -123,6 +126,7 @@ class ProxyContext:
         conn.counted = False
         self.idle.pop(conn, None)
         self.open -= 1
+        self.bursts.closed(self.open)
         left = self.per_ip[conn.client_ip] - 1
         if left:
             self.per_ip[conn.client_ip] = left
