@@ -197,3 +197,20 @@ def pieces(draw: st.DrawFn, data: bytes) -> list[bytes]:
     cuts = sorted(set(draw(st.lists(st.integers(0, len(data)), max_size=12))))
     bounds = [0, *cuts, len(data)]
     return [data[a:b] for a, b in itertools.pairwise(bounds) if b > a]
+
+
+# --- the management listener's worker snapshots (appliance.stats) ---
+
+def figure_snapshots() -> st.SearchStrategy[list[dict]]:
+    """Snapshots as workers publish them: a service, a worker index, a pid (several pids per slot are restarts),
+    counters (flat and labelled) and gauges; pids 1-6, of which the test decides which are alive."""
+    numbers = st.integers(min_value=0, max_value=10**9)
+    counters = st.fixed_dictionaries({"requests": numbers},
+                                     optional={"errors": st.dictionaries(st.sampled_from(["401", "438", "486"]),
+                                                                         numbers, max_size=3)})
+    gauges = st.fixed_dictionaries({"allocations": st.fixed_dictionaries({"udp": numbers, "tcp": numbers})})
+    one = st.builds(lambda service, worker, pid, c, g: {"service": service, "worker": worker, "pid": pid,
+                                                        "counters": c, "gauges": g, "info": {}},
+                    st.sampled_from(["relay", "revproxy"]), st.integers(0, 2), st.integers(1, 6), counters, gauges)
+    # one snapshot per pid, as in the spool (a file per process)
+    return st.lists(one, max_size=8, unique_by=lambda s: s["pid"])
