@@ -26,6 +26,7 @@ from relay_report import summarize
 from relay_servers import PASSWORD, REALM, USERNAME, Server, coturn_version, running_coturn, running_ours
 
 from tests.support.coturn import free_port
+from tests.support.revproxy_process import Pki
 
 UCLIENT = str(Path(sys.executable).with_name("rpturn-uclient"))
 TURNUTILS_PEER = shutil.which("turnutils_peer") or "/usr/bin/turnutils_peer"
@@ -55,23 +56,30 @@ class Scenario:
     mode: str  # "channels" (ChannelData) or "indications" (Send/Data indications)
     allocations: int
     size: int  # payload bytes
+    transport: str = "udp"  # client to server: "udp", or "tls" (TURN over TLS, the servers' TLS listeners)
 
     @property
     def name(self) -> str:
-        return f"{self.mode}-{self.allocations}x{self.size}"
+        return f"{self.mode}-{self.allocations}x{self.size}" + ("" if self.transport == "udp" else f"-{self.transport}")
 
     @property
     def title(self) -> str:
         kind = "ChannelData" if self.mode == "channels" else "Send/Data"
-        return f"{kind}, {self.allocations} allocation{'s' if self.allocations > 1 else ''}, {self.size} B"
+        over = "" if self.transport == "udp" else f" over {self.transport.upper()}"
+        return f"{kind}{over}, {self.allocations} allocation{'s' if self.allocations > 1 else ''}, {self.size} B"
+
+
+# TURN over TLS (issue 9): ChannelData over TLS, 10 allocations, 100 B, against coturn with TLS.
+TLS_SCENARIO = Scenario("channels", 10, 100, "tls")
 
 
 def plan(*, quick: bool = False) -> list[Scenario]:
-    """Every scenario issue 3 asks for; `quick` keeps one of each mode."""
+    """Every scenario issues 3 and 9 ask for; `quick` keeps one of each mode and the TLS one."""
     if quick:
-        return [Scenario("channels", 1, 100), Scenario("indications", 10, 1000)]
-    return [Scenario(mode, n, size)
-            for mode, n, size in itertools.product(("channels", "indications"), (1, 10, 50), (100, 1000))]
+        return [Scenario("channels", 1, 100), Scenario("indications", 10, 1000), TLS_SCENARIO]
+    return [*(Scenario(mode, n, size)
+              for mode, n, size in itertools.product(("channels", "indications"), (1, 10, 50), (100, 1000))),
+            TLS_SCENARIO]
 
 
 @dataclass(frozen=True)
@@ -131,13 +139,16 @@ class EchoPeer:
             self.process.wait(5)
 
 
-def uclient(server: Server, args: list[str], timeout: float, watch: Callable[[], None] = lambda: None) -> dict:
+def uclient(server: Server, args: list[str], timeout: float, watch: Callable[[], None] = lambda: None,
+            transport: str = "udp") -> dict:
     """Run rpturn-uclient against `server` with --json and return its result; BenchError when it fails.
 
     `watch` is called every 50 ms while the client runs (the benchmark samples the server's RSS with it).
+    `transport` "tls": to the server's TLS listener, with --tls.
     """
-    command = [UCLIENT, server.address, "-u", USERNAME, "-w", PASSWORD, "--realm", REALM, "--json", "--quiet",
-               *args]
+    tls = ["--tls"] if transport == "tls" else []
+    command = [UCLIENT, server.address_for(transport), *tls, "-u", USERNAME, "-w", PASSWORD, "--realm", REALM,
+               "--json", "--quiet", *args]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         process = subprocess.Popen(command, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
                                    preexec_fn=raise_priority)
@@ -162,6 +173,9 @@ def uclient(server: Server, args: list[str], timeout: float, watch: Callable[[],
 class Bench:
     def __init__(self, *, servers: list[str], rounds: int, quick: bool, idle_allocations: int,
                  log: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
+        # The servers' TLS listeners (TLS scenario) serve a test certificate made here (TLS 1.2/1.3, ECDSA P-256).
+        self._pki_dir = tempfile.TemporaryDirectory(prefix="rpturn-bench-pki-")
+        self.bundle = str(Pki(Path(self._pki_dir.name)).bundle)
         self.servers = servers
         self.rounds = rounds
         self.timing = QUICK if quick else FULL
@@ -180,9 +194,9 @@ class Bench:
     @contextlib.contextmanager
     def server(self, name: str) -> Iterator[Server]:
         if name == "coturn":
-            context = running_coturn(MIN_PORT, MAX_PORT)
+            context = running_coturn(MIN_PORT, MAX_PORT, tls_bundle=self.bundle)
         else:
-            context = running_ours(int(name.removeprefix("ours-w")), MIN_PORT, MAX_PORT)
+            context = running_ours(int(name.removeprefix("ours-w")), MIN_PORT, MAX_PORT, tls_bundle=self.bundle)
         try:
             with context as server:
                 settle(server.pid, workers=int(name.removeprefix("ours-w")) if name != "coturn" else 0)
@@ -195,7 +209,8 @@ class Bench:
 
     # --- one measurement ---
 
-    def _measured(self, server: Server, args: list[str], timeout: float) -> tuple[dict, float, int]:
+    def _measured(self, server: Server, args: list[str], timeout: float,
+                  transport: str = "udp") -> tuple[dict, float, int]:
         """A uclient run, the server's CPU seconds over it and its peak RSS (bytes) while it ran."""
         assert self.peer is not None
         try:
@@ -211,7 +226,7 @@ class Bench:
         peer_before = self.peer.cpu()
         client_before = os.times()
         wall = time.monotonic()
-        result = uclient(server, args, timeout, watch)
+        result = uclient(server, args, timeout, watch, transport)
         wall = time.monotonic() - wall
         client_after = os.times()
         try:
@@ -242,12 +257,14 @@ class Bench:
         common = ["--clients", str(scenario.allocations), "--size", str(scenario.size),
                   "--channels" if scenario.mode == "channels" else "--indications", "--peer", self.peer.address]
         record: dict = {"server": server.name, "scenario": scenario.name}
-        result, cpu, rss = self._measured(server, [*common, *self.search_arguments(server, scenario)], timeout=60)
+        over = scenario.transport
+        result, cpu, rss = self._measured(server, [*common, *self.search_arguments(server, scenario)], timeout=60,
+                                          transport=over)
         if not max_pps_of(result):
             # Nothing held, usually a burst of loss from something else on the machine: search once more from low.
             self.round_failures.append(f"{server.name} {scenario.title}: max-pps search held nothing; searched again")
             result, cpu, rss = self._measured(
-                server, [*common, *self.search_arguments(server, scenario, cold=True)], timeout=60)
+                server, [*common, *self.search_arguments(server, scenario, cold=True)], timeout=60, transport=over)
         record.update(max_pps=max_pps_of(result), client_limited=result.get("client_limited"),
                       max_pps_run=result, rss_mib=rss / MIB)
         if record["max_pps"]:
@@ -256,7 +273,7 @@ class Bench:
         record["cpu_us_per_packet"] = cpu / relayed * 1e6 if relayed else None
         result, cpu, rss = self._measured(
             server, [*common, "--rate", str(FIXED_RATE), "--duration", str(self.timing.fixed_duration),
-                     "--linger", "0.3"], timeout=30)
+                     "--linger", "0.3"], timeout=30, transport=over)
         record.update(fixed_rate_run=result, rtt_p50_ms=rtt_of(result, "p50"), rtt_p99_ms=rtt_of(result, "p99"),
                       loss_at_fixed_rate=loss_of(result))
         relayed = relayed_packets(result)
@@ -351,7 +368,8 @@ class Bench:
             "servers": self.servers,
             "environment": self.environment(),
             "scenarios": [
-                {"name": s.name, "title": s.title, "mode": s.mode, "allocations": s.allocations, "size": s.size,
+                {"name": s.name, "title": s.title, "mode": s.mode, "transport": s.transport,
+                 "allocations": s.allocations, "size": s.size,
                  "rounds": per[s.name], "median": {name: summarize(per[s.name][name]) for name in self.servers}}
                 for s in scenarios
             ],

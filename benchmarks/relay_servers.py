@@ -1,7 +1,8 @@
 """The servers the relay benchmark compares, started the same way: coturn's turnserver and our `twistd relay`.
 
 Both listen on 127.0.0.1 with long-term credentials (one user), relay on 127.0.0.1 within the same port range,
-allow loopback peers, and run without TLS/DTLS. coturn's thread count is left at its default and reported.
+allow loopback peers, and run without DTLS; given `tls_bundle`, both also listen for TURN over TLS on a port of
+their own (`tls_port`) with that certificate. coturn's thread count is left at its default and reported.
 Each server is one process tree whose root pid the benchmark measures.
 """
 
@@ -19,6 +20,7 @@ from pathlib import Path
 from procstat import sample
 
 from tests.support.coturn import Coturn
+from tests.support.net import free_port
 from tests.support.relay_process import RelayProcess
 
 USERNAME, PASSWORD, REALM = "bench", "bench-secret", "bench.test"
@@ -33,10 +35,14 @@ class Server:
     port: int
     pid: int
     description: str
+    tls_port: int = 0  # TURN over TLS, 0: none
 
     @property
     def address(self) -> str:
         return f"{self.host}:{self.port}"
+
+    def address_for(self, transport: str) -> str:
+        return f"{self.host}:{self.tls_port}" if transport == "tls" else self.address
 
 
 def coturn_version() -> str:
@@ -53,28 +59,32 @@ def _coturn_threads(log: str, pid: int) -> str:
 
 
 @contextlib.contextmanager
-def running_coturn(min_port: int, max_port: int) -> Iterator[Server]:
-    server = Coturn(username=USERNAME, password=PASSWORD, realm=REALM, min_port=min_port, max_port=max_port)
+def running_coturn(min_port: int, max_port: int, tls_bundle: str | None = None) -> Iterator[Server]:
+    server = Coturn(username=USERNAME, password=PASSWORD, realm=REALM, min_port=min_port, max_port=max_port,
+                    tls_bundle=tls_bundle)
     server.start()
     try:
         assert server.process is not None
         yield Server("coturn", server.host, server.port, server.process.pid,
-                     f"coturn {coturn_version()}, default threads: {_coturn_threads(server.log(), server.process.pid)}")
+                     f"coturn {coturn_version()}, default threads: {_coturn_threads(server.log(), server.process.pid)}",
+                     server.tls_port)
     finally:
         server.stop()
 
 
 @contextlib.contextmanager
-def running_ours(workers: int, min_port: int, max_port: int) -> Iterator[Server]:
+def running_ours(workers: int, min_port: int, max_port: int, tls_bundle: str | None = None) -> Iterator[Server]:
     with tempfile.TemporaryDirectory(prefix="rpturn-bench-") as directory:
+        tls_port = free_port() if tls_bundle else 0
+        tls = {"tls_listen": [f"127.0.0.1:{tls_port}"], "certificate": tls_bundle} if tls_bundle else {}
         relay = RelayProcess(
             Path(directory), min_port=min_port, max_port=max_port, workers=workers, realm=REALM,
-            users={USERNAME: PASSWORD},
+            users={USERNAME: PASSWORD}, **tls,
         )  # fmt: skip
         relay.start()
         try:
             assert relay.process is not None
             yield Server(f"ours-w{workers}", relay.host, relay.port, relay.process.pid,
-                         f"rpturn twistd relay, workers = {workers}")
+                         f"rpturn twistd relay, workers = {workers}", tls_port)
         finally:
             relay.stop()

@@ -14,13 +14,15 @@ def test_quick_relay_benchmark_prints_ratio_tables_and_exits_0(tmp_path):
     results_path = tmp_path / "results.json"
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--quick", "--servers", "coturn,ours-w1", "--json", str(results_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=90,
+        cwd=ROOT, capture_output=True, text=True, timeout=150,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "| ours-w1 / coturn |" in done.stdout
     ratio_rows = re.findall(r"^\| max pps \(≤ 0\.1 % loss\) \| [\d,]+ \| [\d,]+ \| \d+\.\d\d \|$", done.stdout,
                             flags=re.MULTILINE)
-    assert len(ratio_rows) == 2, done.stdout  # one per quick scenario: ChannelData and Send/Data
+    # One per quick scenario: ChannelData, Send/Data, and ChannelData over TLS (against coturn with TLS).
+    assert len(ratio_rows) == 3, done.stdout
+    assert "#### ChannelData over TLS, 10 allocations, 100 B" in done.stdout
     results = json.loads(results_path.read_text())
     assert results["missing"] == []
     assert all(target["met"] is not None for target in results["targets"])
