@@ -3,8 +3,15 @@ retransmission cache's per-user and byte bounds, and per-user limits on allocati
 
 from __future__ import annotations
 
+import dataclasses
+
+import pytest
+
+from appliance.config import ConfigError
+from relay.config import relay_config_from_table
 from relay.control_connections import Admission, ControlConnections
 from relay.events import SUMMARY_INTERVAL, EventLog
+from relay.service import turn_settings
 from relay.source_limit import SourceRateLimiter
 from relay.transactions import ENTRY_OVERHEAD, TransactionCache
 from tests.support.relay_fakes import SERVER, TurnHarness, error_code
@@ -167,3 +174,33 @@ def test_logged_user_names_are_escaped():
     events.allocation_created(Fake())
     (text,) = lines
     assert len(text.splitlines()) == 1 and "\\x85" in text and "\\x0a" in text
+
+
+# --- configuration and reload ---
+
+
+def test_the_limits_are_config_keys_with_one_line_errors():
+    table = {"users": {"alice": "secret"}, "tcp_unallocated_per_ip": 8, "tcp_unallocated_max": 100,
+             "tcp_unallocated_lifetime": 20, "tcp_unallocated_buffer": 2048, "transactions_per_user": 10,
+             "transaction_cache_bytes": 1 << 20, "unauthenticated_rate": 0, "unauthenticated_burst": 5}
+    config = relay_config_from_table(table, "conf.toml")
+    settings = turn_settings(config, "127.0.0.1")
+    assert {key: getattr(settings, key) for key in table if key != "users"} == {
+        key: value for key, value in table.items() if key != "users"}
+    assert dataclasses.replace(config).tcp_unallocated_per_ip == 8
+    with pytest.raises(ConfigError) as refused:
+        relay_config_from_table({**table, "tcp_unallocated_buffer": 100}, "conf.toml")
+    assert str(refused.value).startswith("conf.toml: [relay] tcp_unallocated_buffer: ")
+    assert "\n" not in str(refused.value)
+
+
+def test_reload_applies_new_limits_to_the_live_tables():
+    harness = TurnHarness()
+    server = harness.server
+    new = dataclasses.replace(harness.settings, tcp_unallocated_per_ip=3, tcp_unallocated_max=7,
+                              tcp_unallocated_lifetime=9.0, transactions_per_user=11, transaction_cache_bytes=99999,
+                              unauthenticated_rate=2.0, unauthenticated_burst=4.0)
+    server.reconfigure(settings=new)
+    assert (server.connections.per_ip, server.connections.max_total, server.connections.lifetime) == (3, 7, 9.0)
+    assert (server.transactions.per_user, server.transactions.max_bytes) == (11, 99999)
+    assert (server.sources.rate, server.sources.burst) == (2.0, 4.0)
