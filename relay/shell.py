@@ -11,29 +11,20 @@ import contextlib
 import enum
 import resource
 import socket
-import sys
 from collections.abc import Callable
 
-from twisted.internet.interfaces import IReadDescriptor
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
-from zope.interface import implementer
 
 from appliance.sockets import bind_tcp, bind_udp
+from relay.datagram import IP_MTU_DISCOVER, IP_PMTUDISC_DO, DatagramSocket  # noqa: F401 (re-exported)
 from relay.dispatch import TurnServer
 from relay.stun import StunDecodeError, tcp_frame_length
 
 log = Logger()
 
-# Twisted reads at most 8192 bytes per datagram by default; a TURN datagram can carry up to 64 KiB.
-MAX_DATAGRAM = 65536
 # Kernel socket buffers: bursts of media must not be dropped while the reactor is busy elsewhere.
 SOCKET_BUFFER = 4 * 1024 * 1024
-# Linux <linux/in.h>; Python's socket module does not always export them.
-IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
-IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)
-# Datagrams read per wake-up of one socket before the reactor looks at the others.
-READ_BURST = 64
 # Seconds a TCP connection without an allocation may go without sending a whole frame.
 TCP_IDLE_TIMEOUT = 30.0
 # A TCP control connection may not buffer more than one maximal frame plus a bit (with an allocation; without
@@ -41,6 +32,7 @@ TCP_IDLE_TIMEOUT = 30.0
 MAX_TCP_BUFFER = 65536 + 8
 
 Address = tuple[str, int]
+SEND_INDICATION = b"\x00\x16"  # the first two bytes of a Send indication (method 0x006, class indication)
 
 
 def log_event(text: str, **fields) -> None:
@@ -60,76 +52,6 @@ def tune_socket(sock: socket.socket) -> None:
             sock.setsockopt(socket.SOL_SOCKET, option, SOCKET_BUFFER)
 
 
-@implementer(IReadDescriptor)
-class DatagramSocket:
-    """A non-blocking UDP socket watched by the reactor, handing each datagram straight to `handler`.
-
-    Used for the client listeners and for every relay socket instead of Twisted's udp.Port: that one checks the
-    address string of every datagram it writes and logs four lines per socket opened and closed, which at
-    thousands of allocations and packets is work and noise we do not want. Writes never raise: a datagram the
-    kernel will not take (send buffer full, ICMP error pending) is dropped and counted, as a router would.
-    """
-
-    __slots__ = ("handler", "ipv6", "name", "reactor", "sock", "write_errors")
-
-    def __init__(self, reactor, sock: socket.socket, handler: Callable[[bytes, Address], None], name: str) -> None:
-        self.reactor = reactor
-        self.sock = sock
-        self.handler = handler
-        self.write_errors = 0
-        self.ipv6 = sock.family == socket.AF_INET6
-        self.name = name
-        reactor.addReader(self)
-
-    def fileno(self) -> int:
-        return self.sock.fileno()
-
-    def logPrefix(self) -> str:
-        return self.name
-
-    def doRead(self) -> None:
-        recvfrom = self.sock.recvfrom
-        handler = self.handler
-        for _ in range(READ_BURST):  # bounded, so one busy socket cannot starve the others
-            try:
-                data, addr = recvfrom(MAX_DATAGRAM)
-            except (BlockingIOError, InterruptedError):
-                return
-            except ConnectionRefusedError:
-                continue  # an ICMP port-unreachable for something we sent earlier
-            except OSError:
-                return
-            if self.ipv6:
-                addr = addr[:2]
-            try:
-                handler(data, addr)
-            except Exception:
-                log.failure("handling a datagram from {addr} on {name}", addr=addr, name=self.name)
-
-    def write(self, data: bytes, addr: Address) -> None:
-        try:
-            self.sock.sendto(data, addr)
-        except OSError:
-            self.write_errors += 1
-
-    def set_dont_fragment(self) -> bool:
-        """Set DF on everything this socket sends (RFC 5766 DONT-FRAGMENT); False where the OS cannot."""
-        if self.ipv6 or not sys.platform.startswith("linux"):
-            return False
-        try:
-            self.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
-        except OSError:
-            return False
-        return True
-
-    def close(self) -> None:
-        self.reactor.removeReader(self)
-        self.sock.close()
-
-    def connectionLost(self, reason) -> None:
-        self.sock.close()
-
-
 def open_udp_socket(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A bound, non-blocking UDP socket (`appliance.sockets`) with large buffers. OSError when the port is taken."""
     sock = bind_udp(host, port, reuse_port=reuse_port)
@@ -138,12 +60,18 @@ def open_udp_socket(host: str, port: int, *, reuse_port: bool = False) -> socket
 
 
 class TurnUDPListener:
-    """Client-facing UDP socket (3478): STUN messages and ChannelData from many clients."""
+    """Client-facing UDP socket (3478): STUN messages and ChannelData from many clients.
+
+    A datagram from a client holding an allocation here is found by its source address alone (the core's
+    `udp_allocations`): ChannelData goes straight to the allocation, a Send indication to the core's per-packet
+    path; no 5-tuple is built. Everything else goes to the core with its 5-tuple.
+    """
 
     def __init__(self, core: TurnServer, local: Address) -> None:
         self.core = core
         self.local = local
         self.dual_stack = local[0] == "::"
+        self.clients = core.udp_allocations(local)
         self.write: Callable[[bytes, Address], None] = lambda data, addr: None
 
     def attach(self, endpoint: DatagramSocket) -> None:
@@ -154,6 +82,14 @@ class TurnUDPListener:
         reply_to = addr  # on a dual-stack socket an IPv4 client must be written to as ::ffff:a.b.c.d
         if self.dual_stack:
             addr = (unmap(addr[0]), addr[1])
+        allocation = self.clients.get(addr)
+        if allocation is not None and len(data) >= 4:
+            if 0x40 <= data[0] <= 0x7F:
+                allocation.on_client_channel_data(data)
+                return
+            if data[:2] == SEND_INDICATION:
+                self.core.send_indication(data, allocation)
+                return
         five_tuple = ("udp", addr, self.local)
         if data and 0x40 <= data[0] <= 0x7F:
             self.core.handle_channel_data(data, five_tuple)

@@ -1,0 +1,215 @@
+"""The relay's UDP sockets: a non-blocking socket watched by the reactor, read and written in batches.
+
+Used for the client listeners and for every relay socket instead of Twisted's udp.Port: that one checks the address
+string of every datagram it writes and logs four lines per socket opened and closed, which at thousands of
+allocations and packets is work and noise we do not want.
+
+Two back-ends, the same behaviour:
+- "batched" (Linux, with the C extension `relay._mmsg` built by `pip install`): one recvmmsg(2) reads up to
+  READ_BURST datagrams; what their handlers write, to any of our sockets, is queued and sent when the burst is
+  handled, one sendmmsg(2) per socket. A profile of the per-packet path (benchmarks/relay_datagram_bench.py, 10
+  allocations, 100 B ChannelData) had two thirds of the relay's CPU in recvfrom and sendto, one system call per
+  datagram each way; batched, it is one per burst. A write made outside a read (a TCP client's ChannelData, a
+  timer) is sent at once.
+- "python" (any OS, or RPTURN_DATAGRAM_IO=python): recvfrom and sendto per datagram. CI runs both.
+
+Writes never raise: a datagram the kernel will not take (send buffer full, ICMP error pending) is dropped and
+counted in `write_errors`, as a router would.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Callable
+
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.logger import Logger
+from zope.interface import implementer
+
+try:
+    from relay import _mmsg
+except ImportError:  # not built (no compiler at install time) or not Linux: the pure-Python back-end
+    _mmsg = None
+
+__all__ = ["BACKENDS", "DatagramSocket", "available_backends", "backend", "use_backend"]
+
+log = Logger()
+
+# Twisted reads at most 8192 bytes per datagram by default; a TURN datagram can carry up to 64 KiB.
+MAX_DATAGRAM = 65536
+# Datagrams read per wake-up of one socket before the reactor looks at the others (also the batch size).
+READ_BURST = 64
+
+Address = tuple[str, int]
+BACKENDS = ("batched", "python")
+
+
+def available_backends() -> list[str]:
+    """The back-ends this machine can run: "python" always, "batched" where the extension is built (Linux)."""
+    return ["batched", "python"] if _mmsg is not None else ["python"]
+
+
+def _default_backend() -> str:
+    wanted = os.environ.get("RPTURN_DATAGRAM_IO", "")
+    if wanted == "python" or _mmsg is None or not sys.platform.startswith("linux"):
+        return "python"
+    return "batched"
+
+
+_backend = _default_backend()
+
+
+def backend() -> str:
+    """The back-end sockets made from now on use."""
+    return _backend
+
+
+def use_backend(name: str) -> None:
+    """Choose the back-end for sockets made from now on (tests and benchmarks compare them); ValueError if this
+    machine cannot run it."""
+    global _backend
+    if name not in available_backends():
+        raise ValueError(f"datagram back-end {name!r} is not available here (have {available_backends()})")
+    _backend = name
+
+
+class _Batch:
+    """The sockets with queued writes while a batch of datagrams is handled (one per process: one reactor)."""
+
+    __slots__ = ("active", "pending")
+
+    def __init__(self) -> None:
+        self.active = False
+        self.pending: list[DatagramSocket] = []
+
+    def flush(self) -> None:
+        pending = self.pending
+        self.pending = []
+        send = _mmsg.send  # type: ignore[union-attr]
+        for endpoint in pending:
+            queue = endpoint.queue
+            endpoint.queue = []
+            if endpoint.sock.fileno() < 0:
+                continue  # closed while its datagrams were queued: they go nowhere, as with a closed socket
+            endpoint.write_errors += send(endpoint.fd, endpoint.sock.family, queue)
+
+
+_batch = _Batch()
+
+
+@implementer(IReadDescriptor)
+class DatagramSocket:
+    """A non-blocking UDP socket watched by the reactor, handing each datagram straight to `handler`."""
+
+    __slots__ = ("batched", "fd", "handler", "ipv6", "name", "queue", "reactor", "sock", "write", "write_errors")
+
+    def __init__(self, reactor, sock: socket.socket, handler: Callable[[bytes, Address], None], name: str) -> None:
+        self.reactor = reactor
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.handler = handler
+        self.write_errors = 0
+        self.ipv6 = sock.family == socket.AF_INET6
+        self.name = name
+        self.queue: list[tuple[bytes, Address]] = []
+        self.batched = _backend == "batched"
+        # write(data, addr): the back-end's, bound once (the per-packet path pays no branch for it)
+        self.write: Callable[[bytes, Address], None] = self._queue if self.batched else self._sendto
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return self.sock.fileno()  # -1 once closed, which the reactor understands
+
+    def logPrefix(self) -> str:
+        return self.name
+
+    def doRead(self) -> None:
+        if self.batched:
+            self._read_batch()
+        else:
+            self._read_each()
+
+    def _read_each(self) -> None:
+        recvfrom = self.sock.recvfrom
+        handler = self.handler
+        for _ in range(READ_BURST):  # bounded, so one busy socket cannot starve the others
+            try:
+                data, addr = recvfrom(MAX_DATAGRAM)
+            except (BlockingIOError, InterruptedError):
+                return
+            except ConnectionRefusedError:
+                continue  # an ICMP port-unreachable for something we sent earlier
+            except OSError:
+                return
+            if self.ipv6:
+                addr = addr[:2]
+            try:
+                handler(data, addr)
+            except Exception:
+                log.failure("handling a datagram from {addr} on {name}", addr=addr, name=self.name)
+
+    def _read_batch(self) -> None:
+        recv = _mmsg.recv  # type: ignore[union-attr]
+        try:
+            datagrams = recv(self.fd, READ_BURST)
+        except ConnectionRefusedError:  # an ICMP port-unreachable for something we sent earlier: read on
+            try:
+                datagrams = recv(self.fd, READ_BURST)
+            except OSError:
+                return
+        except OSError:
+            return
+        if not datagrams:
+            return
+        handler = self.handler
+        batch = _batch
+        batch.active = True
+        try:
+            for data, addr in datagrams:
+                try:
+                    handler(data, addr)
+                except Exception:
+                    log.failure("handling a datagram from {addr} on {name}", addr=addr, name=self.name)
+        finally:
+            batch.active = False
+            if batch.pending:
+                batch.flush()
+
+    def _sendto(self, data: bytes, addr: Address) -> None:
+        try:
+            self.sock.sendto(data, addr)
+        except OSError:
+            self.write_errors += 1
+
+    def _queue(self, data: bytes, addr: Address) -> None:
+        if not _batch.active:  # outside a read (TCP, timers): at once
+            self._sendto(data, addr)
+            return
+        queue = self.queue
+        if not queue:
+            _batch.pending.append(self)
+        queue.append((data, addr))
+
+    def set_dont_fragment(self) -> bool:
+        """Set DF on everything this socket sends (RFC 5766 DONT-FRAGMENT); False where the OS cannot."""
+        if self.ipv6 or not sys.platform.startswith("linux"):
+            return False
+        try:
+            self.sock.setsockopt(socket.IPPROTO_IP, IP_MTU_DISCOVER, IP_PMTUDISC_DO)
+        except OSError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.reactor.removeReader(self)
+        self.sock.close()
+
+    def connectionLost(self, reason) -> None:
+        self.sock.close()
+
+
+# Linux <linux/in.h>; Python's socket module does not always export them.
+IP_MTU_DISCOVER = getattr(socket, "IP_MTU_DISCOVER", 10)
+IP_PMTUDISC_DO = getattr(socket, "IP_PMTUDISC_DO", 2)

@@ -1,0 +1,237 @@
+"""The relay's UDP sockets on loopback, with each datagram back-end (relay.datagram): the batched one (recvmmsg and
+sendmmsg through the C extension) and the pure-Python fallback behave the same. No reactor runs: the tests call
+`doRead` as the reactor would."""
+
+from __future__ import annotations
+
+import os
+import select
+import socket
+
+import pytest
+
+from relay import datagram
+from relay.datagram import READ_BURST, DatagramSocket
+from relay.shell import open_udp_socket
+from relay.stun import Attr, Message, MessageClass, Method, encode, encode_channel_data, parse, parse_channel_data
+from tests.support.relay_loopback import LoopbackRelay, Readers, drain, udp_socket
+
+
+@pytest.fixture(params=datagram.BACKENDS)
+def backend(request):
+    """Every test below runs once per back-end; "batched" must be available (in CI the install builds it)."""
+    before = datagram.backend()
+    datagram.use_backend(request.param)  # ValueError (a failure, not a skip) where the extension is missing
+    yield request.param
+    datagram.use_backend(before)
+
+
+def endpoint(handler, host: str = "127.0.0.1") -> DatagramSocket:
+    return DatagramSocket(Readers(), open_udp_socket(host, 0), handler, "test")
+
+
+def test_extension_is_built_on_linux():
+    assert datagram.available_backends() == ["batched", "python"]
+
+
+def test_a_burst_is_read_in_order_with_plain_addresses(backend):
+    got = []
+    sock = endpoint(lambda data, addr: got.append((data, addr)))
+    sender = udp_socket()
+    sent = [os.urandom(1 + i) for i in range(READ_BURST + 5)]
+    for data in sent:
+        sender.sendto(data, sock.sock.getsockname())
+    sock.doRead()
+    assert [data for data, _ in got] == sent[:READ_BURST]  # one wake-up reads at most READ_BURST
+    sock.doRead()
+    assert [data for data, _ in got] == sent
+    assert {addr for _, addr in got} == {sender.getsockname()}
+    assert all(type(addr) is tuple and len(addr) == 2 for _, addr in got)
+    sock.doRead()  # nothing waiting: returns quietly
+    sock.close()
+    sender.close()
+
+
+def test_ipv6_addresses_are_host_and_port(backend):
+    got = []
+    sock = endpoint(lambda data, addr: got.append(addr), "::1")
+    sender = udp_socket("::1")
+    sender.sendto(b"x", sock.sock.getsockname())
+    sock.doRead()
+    assert got == [sender.getsockname()[:2]]
+    sock.close()
+    sender.close()
+
+
+def test_a_datagram_of_64_kib_is_read_whole(backend):
+    got = []
+    sock = endpoint(lambda data, addr: got.append(data))
+    sender = udp_socket()
+    big = os.urandom(65507)  # the largest IPv4 UDP payload
+    sender.sendto(big, sock.sock.getsockname())
+    sock.doRead()
+    assert got == [big]
+    sock.close()
+    sender.close()
+
+
+def test_writes_while_reading_go_out_after_the_burst_in_order(backend):
+    peer = udp_socket()
+    out = endpoint(lambda data, addr: None)
+    written_during = []
+
+    def forward(data, addr):
+        out.write(data, peer.getsockname())
+        written_during.append(bool(select.select([peer], [], [], 0)[0]))  # batched: nothing has left yet
+
+    inbound = endpoint(forward)
+    sender = udp_socket()
+    sent = [b"%d" % i for i in range(20)]
+    for data in sent:
+        sender.sendto(data, inbound.sock.getsockname())
+    inbound.doRead()
+    assert [data for data, _ in drain(peer)] == sent
+    assert any(written_during) == (backend == "python")
+    out.write(b"outside a read", peer.getsockname())  # a TCP client's ChannelData, say: sent at once
+    assert drain(peer) == [(b"outside a read", out.sock.getsockname())]
+    for sock in (peer, sender):
+        sock.close()
+    inbound.close()
+    out.close()
+
+
+def test_a_write_that_fails_is_counted_and_never_raises(backend):
+    peer = udp_socket()
+    out = endpoint(lambda data, addr: None)
+
+    def write_both(data, addr):
+        out.write(data, ("::1", 9))  # not an address an IPv4 socket can send to
+        out.write(data, peer.getsockname())
+
+    inbound = endpoint(write_both)
+    sender = udp_socket()
+    sender.sendto(b"one", inbound.sock.getsockname())
+    inbound.doRead()
+    out.write(b"two", ("::1", 9))
+    assert out.write_errors == 2
+    assert drain(peer) == [(b"one", out.sock.getsockname())]
+    for sock in (peer, sender):
+        sock.close()
+    inbound.close()
+    out.close()
+
+
+def test_a_socket_closed_with_writes_queued_sends_nothing(backend):
+    peer = udp_socket()
+    out = endpoint(lambda data, addr: None)
+
+    def write_then_close(data, addr):
+        out.write(data, peer.getsockname())
+        if data == b"close":
+            out.close()
+
+    inbound = endpoint(write_then_close)
+    sender = udp_socket()
+    source = out.sock.getsockname()
+    sender.sendto(b"close", inbound.sock.getsockname())
+    inbound.doRead()
+    assert drain(peer) == ([(b"close", source)] if backend == "python" else [])
+    for sock in (peer, sender):
+        sock.close()
+    inbound.close()
+
+
+def test_an_exception_in_a_handler_loses_only_its_datagram(backend):
+    got = []
+    peer = udp_socket()
+    out = endpoint(lambda data, addr: None)
+
+    def handler(data, addr):
+        if data == b"bad":
+            raise ValueError("a bug in a handler")
+        got.append(data)
+        out.write(data, peer.getsockname())
+
+    inbound = endpoint(handler)
+    sender = udp_socket()
+    for data in (b"a", b"bad", b"b"):
+        sender.sendto(data, inbound.sock.getsockname())
+    inbound.doRead()
+    assert got == [b"a", b"b"]
+    assert [data for data, _ in drain(peer)] == [b"a", b"b"]
+    for sock in (peer, sender):
+        sock.close()
+    inbound.close()
+    out.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_channel_data_is_relayed_both_ways_through_the_shell(backend, host):
+    relay = LoopbackRelay(host)
+    peer = udp_socket(host)
+    clients = [relay.client(peer.getsockname()[:2], channel=0x4000 + i) for i in range(3)]
+    for i, client in enumerate(clients):
+        for n in range(30):
+            client.sock.send(encode_channel_data(0x4000 + i, b"%d-%d" % (i, n)))
+    relay.read_listener(90)
+    at_peer = drain(peer)
+    assert sorted(data for data, _ in at_peer) == sorted(b"%d-%d" % (i, n) for i in range(3) for n in range(30))
+    assert {addr for _, addr in at_peer} == {tuple(client.relayed) for client in clients}
+    for data, addr in at_peer:
+        peer.sendto(b"back " + data, addr)
+    relay.read_relays()
+    for i, client in enumerate(clients):
+        received = [parse_channel_data(data) for data, _ in drain(client.sock)]
+        assert received == [(0x4000 + i, b"back %d-%d" % (i, n)) for n in range(30)]
+    relay.close()
+    peer.close()
+
+
+def test_send_and_data_indications_are_relayed_through_the_shell(backend):
+    relay = LoopbackRelay()
+    peer = udp_socket()
+    client = relay.client(peer.getsockname())
+    send = Message(Method.SEND, MessageClass.INDICATION, os.urandom(12),
+                   [(Attr.XOR_PEER_ADDRESS, peer.getsockname()), (Attr.DATA, b"hello")])
+    client.sock.send(encode(send))
+    relay.read_listener()
+    assert drain(peer) == [(b"hello", tuple(client.relayed))]
+    peer.sendto(b"world", tuple(client.relayed))
+    relay.read_relays()
+    [(data, _)] = drain(client.sock)
+    indication = parse(data)
+    assert (indication.method, indication.msg_class) == (Method.DATA, MessageClass.INDICATION)
+    assert indication.get(Attr.DATA) == b"world"
+    assert indication.get(Attr.XOR_PEER_ADDRESS) == peer.getsockname()
+    relay.close()
+    peer.close()
+
+
+def test_channel_data_after_the_allocation_is_gone_is_dropped_and_counted(backend):
+    relay = LoopbackRelay()
+    peer = udp_socket()
+    client = relay.client(peer.getsockname(), channel=0x4000)
+    reply = relay.request(client.sock, Method.REFRESH, [(Attr.LIFETIME, 0)], client.nonce)
+    assert reply.msg_class == MessageClass.SUCCESS
+    assert relay.core.udp_allocations(relay.address) == {}
+    client.sock.send(encode_channel_data(0x4000, b"late"))
+    relay.read_listener()
+    assert drain(peer) == []
+    assert relay.core.stats["channel_data_dropped"] == 1
+    relay.close()
+    peer.close()
+
+
+def test_relay_sockets_take_a_dual_stack_listeners_clients(backend):
+    """On a `::` listener an IPv4 client arrives as ::ffff:a.b.c.d and is written back to in that form."""
+    relay = LoopbackRelay("::")
+    peer = udp_socket()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.connect(("127.0.0.1", relay.address[1]))
+    sock.setblocking(False)
+    reply = relay.request(sock, Method.BINDING, [])
+    assert reply.get(Attr.XOR_MAPPED_ADDRESS) == sock.getsockname()
+    sock.close()
+    relay.close()
+    peer.close()
