@@ -292,10 +292,13 @@ class NginxProxy(Server):
 
 
 class OurProxy(Server):
-    """`twistd -n --pidfile= revproxy --config <file>` with a [revproxy] table for the same nodes."""
+    """`twistd -n --pidfile= revproxy --config <file>` with a [revproxy] table for the same nodes.
+
+    `appliance`: the whole appliance instead (`twistd rpturn`, an idle relay beside the proxy, no management
+    listener); `turn_on_https`: with TURN on the HTTPS port too (first-bytes demultiplexing on every connection)."""
 
     def __init__(self, where: Path, tag: str, workers: int, bundle: Path, nodes: list[Node],
-                 access_log: bool = True) -> None:
+                 access_log: bool = True, appliance: bool = False, turn_on_https: bool = False) -> None:
         self.name = f"ours {tag}"
         d = where / f"ours-{tag}"
         d.mkdir(parents=True, exist_ok=True)
@@ -303,8 +306,17 @@ class OurProxy(Server):
         table = {"https": f"127.0.0.1:{port}", "http": "", "certificate": str(bundle), "hostname": "localhost",
                  "nodes": [n.address for n in nodes], "workers": workers, "access_log": access_log}
         conf = d / "rpturn.toml"
-        conf.write_text("[revproxy]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items()))
-        super().__init__([TWISTD, "-n", "--pidfile=", "revproxy", "--config", str(conf)], d / "twistd.log", d,
+        text = "[revproxy]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
+        plugin = "revproxy"
+        if appliance or turn_on_https:
+            plugin = "rpturn"
+            text += f"turn_on_https = {json.dumps(turn_on_https)}\n"
+            relay = {"listen": [f"127.0.0.1:{free_port()}"], "realm": "bench.test", "min_port": 46000,
+                     "max_port": 46999, "relay_ip": "127.0.0.1", "users": {"bench": "bench-secret"}}
+            text += "[relay]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in relay.items() if k != "users")
+            text += '[relay.users]\nbench = "bench-secret"\n[management]\nlisten = ""\n'
+        conf.write_text(text)
+        super().__init__([TWISTD, "-n", "--pidfile=", plugin, "--config", str(conf)], d / "twistd.log", d,
                          "127.0.0.1", port)
         if workers > 1:  # worker 0 listens first; wait until every worker has said it listens
             deadline = time.monotonic() + 20
