@@ -2,19 +2,24 @@
 
 The model (first the relay's, now the proxy's too): the supervisor, which is the twistd process, binds every
 listening socket itself, one per worker and listener, all in the port's SO_REUSEPORT group, and keeps them open
-for as long as it runs. Worker N gets its own sockets as descriptors 3, 4, ... and its spec (configuration and
-whatever must agree across workers) as JSON on stdin, and runs `appliance.worker`. The kernel maps a client's
+for as long as it runs. A worker process (`appliance.worker`) gets the group's sockets as descriptors 3, 4, ...
+and its spec (its slot, which descriptors are its own, the configuration and whatever must agree across workers)
+as JSON on stdin. The kernel maps a client's
 5-tuple (UDP) or connection (TCP) to a position in the group: if a dying worker's socket left the group and its
 replacement's joined, the survivors' clients would be shuffled onto other workers (a relay allocation lost). With
 the sockets held here a restart changes nothing for anyone but the dead worker's own clients, and connections that
 arrive while a worker restarts wait in its socket's queue instead of being refused.
 
-A worker that ends is logged and started again after a back-off (RESTART_DELAY doubling up to MAX_RESTART_DELAY;
-reset once a worker has run STABLE_AFTER seconds). SIGHUP (`reload`, registered with `appliance.signals`) is passed
+A worker that ends is logged and replaced after a back-off (RESTART_DELAY doubling up to MAX_RESTART_DELAY; reset
+once a worker has run STABLE_AFTER seconds). Starting a Python worker costs about a second of imports (more on a
+busy machine), so each group keeps one spare: a worker process that has imported everything and waits for its spec
+on stdin. A dead worker's slot is given to the spare (it starts serving within milliseconds of the back-off) and a
+new spare SPARE_DELAY later. Every worker process gets the descriptors of all of its group's slots and
+keeps only its own, so a spare can take any slot. SIGHUP (`reload`, registered with `appliance.signals`) is passed
 to every worker of every service; stopping the supervisor sends SIGTERM to all of them (the proxy's workers drain),
 waits up to each group's `stop_timeout` and kills what is left. Workers also get SIGTERM from the kernel if the
-supervisor itself dies (PR_SET_PDEATHSIG, set in `appliance.worker`). Their log lines are re-logged here with
-the service and worker number ("relay worker 1: ...").
+supervisor itself dies (PR_SET_PDEATHSIG, set in `appliance.worker`). Their log lines are re-logged here with the
+service and worker number ("relay worker 1: ...").
 
 Binding happens in the constructor, i.e. in the plugin's makeService: a port in use is then a one-line start-up
 error (`appliance.config.ConfigError`), not a traceback from a half-started reactor.
@@ -42,6 +47,9 @@ log = Logger()
 RESTART_DELAY = 0.1
 MAX_RESTART_DELAY = 30.0
 STABLE_AFTER = 60.0
+# After a spare took a slot, wait this long before starting the next one: its imports would compete for the CPU
+# with the new worker's start.
+SPARE_DELAY = 2.0
 
 
 @dataclass
@@ -60,17 +68,24 @@ class WorkerGroup:
 
 
 class _Worker(protocol.ProcessProtocol):
-    def __init__(self, supervisor: Supervisor, group: WorkerGroup, index: int, started: float) -> None:
-        self.supervisor, self.group, self.index, self.started = supervisor, group, index, started
+    """One worker process; `index` is None while it is its group's spare."""
+
+    def __init__(self, supervisor: Supervisor, group: WorkerGroup, started: float) -> None:
+        self.supervisor, self.group, self.started = supervisor, group, started
+        self.index: int | None = None
         self.partial = b""
         self.ended: defer.Deferred[None] = defer.Deferred()
 
     @property
     def label(self) -> str:
+        if self.index is None:
+            return f"{self.group.name} spare"
         return f"{self.group.name} worker {self.index}"
 
-    def connectionMade(self) -> None:
-        self.transport.write(self.supervisor.payload(self.group, self.index))
+    def activate(self, index: int, now: float) -> None:
+        """Take slot `index`: the spec goes down stdin, and the process starts serving."""
+        self.index, self.started = index, now
+        self.transport.write(self.supervisor.payload(self.group, index))
         self.transport.closeStdin()
 
     def outReceived(self, data: bytes) -> None:
@@ -104,7 +119,9 @@ class Supervisor(Service):
         self.reactor = reactor
         self.stopping = False
         self.workers: dict[tuple[str, int], _Worker] = {}
+        self.spares: dict[str, _Worker] = {}
         self.restarts: dict[tuple[str, int], int] = {}
+        self.spare_failures: dict[str, int] = {}
         self.sockets: dict[tuple[str, int], list[socket.socket]] = {}
         try:
             for group in groups:
@@ -115,9 +132,11 @@ class Supervisor(Service):
             raise
 
     def payload(self, group: WorkerGroup, index: int) -> bytes:
+        per_slot = len(group.listeners)
         return json.dumps({
             "service": group.name, "entry": group.entry, "worker": index, "workers": group.count,
-            "supervisor": os.getpid(),
+            # Descriptors 3, 4, ... hold every slot's sockets, slot after slot: this worker's are these.
+            "fds": [3 + index * per_slot + i for i in range(per_slot)],
             "listeners": [[lst.kind, lst.host, lst.port] for lst in group.listeners],
             "spec": group.spec,
         }).encode()
@@ -129,23 +148,49 @@ class Supervisor(Service):
                 group.on_start()
             for index in range(group.count):
                 self.spawn(group, index)
+            self._spawn_spare(group)
             log.info("{service}: {count} workers sharing {listeners} (SO_REUSEPORT)", service=group.name,
                      count=group.count, listeners=", ".join(str(lst) for lst in group.listeners))
 
-    def spawn(self, group: WorkerGroup, index: int) -> None:
+    def _start_process(self, group: WorkerGroup) -> _Worker:
         child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r"}
-        for sock in self.sockets[group.name, index]:
-            child_fds[len(child_fds)] = sock.fileno()
+        for index in range(group.count):
+            for sock in self.sockets[group.name, index]:
+                child_fds[len(child_fds)] = sock.fileno()
         # Only the supervisor speaks to systemd (NotifyAccess=main).
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}
-        worker = _Worker(self, group, index, self.reactor.seconds())
+        worker = _Worker(self, group, self.reactor.seconds())
+        argv = [sys.executable, "-m", "appliance.worker", group.entry, str(os.getpid())]
+        self.reactor.spawnProcess(worker, sys.executable, argv, env=env, childFDs=child_fds)
+        return worker
+
+    def spawn(self, group: WorkerGroup, index: int) -> None:
+        """Put a worker in slot `index`: the group's spare if it has one ready, else a new process."""
+        spare = self.spares.pop(group.name, None)
+        worker = spare if spare is not None and not spare.ended.called else self._start_process(group)
+        worker.activate(index, self.reactor.seconds())
         self.workers[group.name, index] = worker
-        self.reactor.spawnProcess(worker, sys.executable, [sys.executable, "-m", "appliance.worker"], env=env,
-                                  childFDs=child_fds)
-        log.info("{label} started (pid {pid})", label=worker.label, pid=worker.pid)
+        log.info("{label} started (pid {pid}{how})", label=worker.label, pid=worker.pid,
+                 how=", the spare" if worker is spare else "")
+        if spare is not None and not self.stopping:
+            self.reactor.callLater(SPARE_DELAY, self._spawn_spare, group)
+
+    def _spawn_spare(self, group: WorkerGroup) -> None:
+        if not self.stopping and group.name not in self.spares:
+            self.spares[group.name] = self._start_process(group)
 
     def worker_ended(self, worker: _Worker, reason: Any) -> None:
         if self.stopping:
+            return
+        if worker.index is None:  # the spare died before it was needed: start another, with back-off
+            if self.spares.get(worker.group.name) is worker:
+                del self.spares[worker.group.name]
+            count = self.spare_failures.get(worker.group.name, 0)
+            self.spare_failures[worker.group.name] = count + 1
+            delay = min(RESTART_DELAY * 2**count, MAX_RESTART_DELAY)
+            log.error("{label} ended ({reason}); starting another in {delay:.2f} s", label=worker.label,
+                      reason=reason, delay=delay)
+            self.reactor.callLater(delay, self._spawn_spare, worker.group)
             return
         key = (worker.group.name, worker.index)
         if self.reactor.seconds() - worker.started > STABLE_AFTER:
@@ -161,9 +206,9 @@ class Supervisor(Service):
         if not self.stopping:
             self.spawn(group, index)
 
-    def signal_all(self, signum: int) -> int:
+    def signal_all(self, signum: int, *, spares: bool = False) -> int:
         sent = 0
-        for worker in self.workers.values():
+        for worker in [*self.workers.values(), *(self.spares.values() if spares else ())]:
             if not worker.ended.called and worker.pid:
                 worker.transport.signalProcess(signum)
                 sent += 1
@@ -181,13 +226,13 @@ class Supervisor(Service):
     def stopService(self) -> defer.Deferred[None]:
         super().stopService()
         self.stopping = True
-        ended = [w.ended for w in self.workers.values() if not w.ended.called]
-        self.signal_all(signal.SIGTERM)
+        ended = [w.ended for w in [*self.workers.values(), *self.spares.values()] if not w.ended.called]
+        self.signal_all(signal.SIGTERM, spares=True)
         timers = []
         for group in self.groups:
             def kill(group: WorkerGroup = group) -> None:
-                for (name, _), worker in self.workers.items():
-                    if name == group.name and not worker.ended.called and worker.pid:
+                for worker in [*self.workers.values(), *self.spares.values()]:
+                    if worker.group is group and not worker.ended.called and worker.pid:
                         log.warn("{label} did not stop in {t:.0f} s: killed", label=worker.label,
                                  t=group.stop_timeout)
                         worker.transport.signalProcess("KILL")

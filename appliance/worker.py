@@ -1,10 +1,12 @@
-"""One worker process under `appliance.supervisor`: `python -m appliance.worker`, spec on stdin.
+"""One worker process under `appliance.supervisor`: `python -m appliance.worker ENTRY SUPERVISOR_PID`.
 
-The supervisor hands over its bound listening sockets as descriptors 3, 4, ... (in the order of the spec's
-`listeners`) and a JSON spec on stdin naming the service's entry module. That module's
-`worker_service(spec, sockets, reactor) -> (service, reload)` builds the service; this module does what every
-worker needs: die with the supervisor, log to stdout (the supervisor re-logs each line with the worker's name),
-reload on SIGHUP and stop on SIGTERM through `appliance.signals`, like the twistd process does.
+Everything slow happens first — dying with the supervisor arranged, Twisted, the service's entry module and its
+`PRELOAD` modules imported — and only then is the spec read from stdin: a spare worker waits there, ready, until the
+supervisor gives it a slot. The supervisor passes the listening sockets of every slot of the group as descriptors 3,
+4, ...; the spec says which are this worker's (`fds`, in the order of `listeners`), the others are closed. The entry
+module's `worker_service(spec, sockets, reactor) -> (service, reload)` builds the service; this module does what
+every worker needs: log to stdout (the supervisor re-logs each line with the worker's name), reload on SIGHUP and
+stop on SIGTERM through `appliance.signals`, like the twistd process does.
 """
 
 from __future__ import annotations
@@ -34,25 +36,37 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(0)
 
 
-def inherited_sockets(listeners: list[list]) -> list[socket.socket]:
-    """Socket objects over descriptors 3, 4, ... as the supervisor passed them."""
-    return [socket.socket(family_of(host), socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM,
-                          fileno=fd)
-            for fd, (kind, host, _port) in enumerate(listeners, start=3)]
+def inherited_sockets(spec: dict) -> list[socket.socket]:
+    """This worker's sockets (descriptors `spec["fds"]`); every other inherited listening socket is closed."""
+    own = spec["fds"]
+    for fd in range(3, 3 + spec["workers"] * len(spec["listeners"])):
+        if fd not in own:
+            os.close(fd)
+    return [socket.socket(family_of(host), socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM, fileno=fd)
+            for fd, (kind, host, _port) in zip(own, spec["listeners"], strict=True)]
 
 
-def main() -> None:
-    spec = json.loads(sys.stdin.read())
-    _die_with_parent(spec["supervisor"])
+def main(argv: list[str]) -> None:
+    entry_name, supervisor = argv
+    # Until its own handler is installed a SIGHUP must not kill a worker that is still starting (its config is
+    # read fresh anyway) or a spare.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    _die_with_parent(int(supervisor))
     from twisted.internet import reactor
     from twisted.logger import globalLogBeginner, textFileLogObserver
 
     from appliance.signals import Signals
 
+    entry = importlib.import_module(entry_name)
+    for name in getattr(entry, "PRELOAD", ()):
+        importlib.import_module(name)
+    data = sys.stdin.read()  # a spare waits here until it is given a slot
+    if not data.strip():  # stdin closed without a slot: the supervisor is stopping
+        return
+    spec = json.loads(data)
     globalLogBeginner.beginLoggingTo([textFileLogObserver(sys.stdout, timeFormat="")], redirectStandardIO=False)
-    entry = importlib.import_module(spec["entry"])
     try:
-        service, reload = entry.worker_service(spec, inherited_sockets(spec["listeners"]), reactor)
+        service, reload = entry.worker_service(spec, inherited_sockets(spec), reactor)
     except ConfigError as exc:  # the file changed since the supervisor read it
         print(f"cannot start: {exc}", flush=True)
         sys.exit(1)
@@ -65,4 +79,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

@@ -13,20 +13,28 @@ when the supervisor starts and removed when it stops.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import tempfile
-from dataclasses import asdict
 from typing import Any
 
 from appliance.config import format_hostport
 from appliance.supervisor import WorkerGroup
-from relay.config import RelayConfig, relay_config_from_table
+from relay.config import ConfigError, RelayConfig, load_relay_config, relay_config_from_table
+from relay.quota import SharedQuota
+from relay.service import listeners, makeService, split_sockets
+
+# Imported by a spare worker before it is given a slot (`appliance.worker`), so that taking one costs no imports.
+PRELOAD = ("relay.tls",)
+
+# Keys a reload does not change (the supervisor's sockets and each worker's port slice depend on them).
+RESTART_ONLY = ("listen", "tls_listen", "min_port", "max_port", "relay_ip", "workers")
 
 
 def config_table(config: RelayConfig) -> dict[str, Any]:
     """The validated config as a `[relay]` table again (JSON-able), for the workers to validate once more."""
-    table = {k: v for k, v in asdict(config).items() if v is not None and k != "source"}
+    table = {k: v for k, v in dataclasses.asdict(config).items() if v is not None and k != "source"}
     table["listen"] = [format_hostport(h, p) for h, p in config.listen]
     table["tls_listen"] = [format_hostport(h, p) for h, p in config.tls_listen]
     table["auth_secrets"] = list(config.auth_secrets)
@@ -39,9 +47,6 @@ def config_table(config: RelayConfig) -> dict[str, Any]:
 
 def worker_group(config: RelayConfig, overrides: dict) -> WorkerGroup:
     """The relay's workers: one UDP and one TCP listener per `listen` entry each, secret and quota shared."""
-    from relay.quota import SharedQuota
-    from relay.service import listeners
-
     secret = bytes.fromhex(config.nonce_secret) if config.nonce_secret else os.urandom(32)
     spec: dict[str, Any] = {"table": config_table(config), "source": config.source, "overrides": overrides,
                             "secret": secret.hex(), "quota": ""}
@@ -61,13 +66,24 @@ def worker_group(config: RelayConfig, overrides: dict) -> WorkerGroup:
                        spec, on_start=create_quota, on_stop=remove_quota)
 
 
+def current_config(started: RelayConfig, overrides: dict) -> RelayConfig:
+    """The config file as it is now (a worker started after a reload must not run the old settings), with what
+    only a restart changes kept as the supervisor started; the supervisor's copy if the file no longer loads."""
+    if not started.source or not os.path.exists(started.source):
+        return started
+    try:
+        now = load_relay_config(started.source, overrides)
+    except ConfigError as exc:
+        print(f"the config file does not load ({exc}); starting with the one the supervisor started with", flush=True)
+        return started
+    return dataclasses.replace(now, **{key: getattr(started, key) for key in RESTART_ONLY})
+
+
 def worker_service(spec: dict[str, Any], sockets: list[socket.socket], reactor: Any):
     """In a worker process (`appliance.worker`): the relay on the supervisor's sockets, and its reload."""
-    from relay.quota import SharedQuota
-    from relay.service import makeService, split_sockets
-
     own = spec["spec"]
-    config = relay_config_from_table(own["table"], source=own["source"] or "<supervisor>")
+    config = current_config(relay_config_from_table(own["table"], source=own["source"] or "<supervisor>"),
+                            own["overrides"])
     quota = SharedQuota(own["quota"], spec["worker"], spec["workers"])
     pairs, tls = split_sockets(config, sockets)
     service = makeService(config, reactor, nonce_secret=bytes.fromhex(own["secret"]), inherited=pairs,

@@ -13,24 +13,24 @@ from typing import Any
 
 from appliance.supervisor import WorkerGroup
 from revproxy import config as configmod
+from revproxy import service
 from revproxy.config import ProxyConfig
+
+# Imported by a spare worker before it is given a slot (`appliance.worker`), so that taking one costs no imports.
+PRELOAD = ("revproxy.demux",)
 
 # Beyond drain_timeout, what a worker may take to close what is left and exit.
 STOP_MARGIN = 5.0
 
 
 def worker_group(config: ProxyConfig, overrides: dict[str, Any]) -> WorkerGroup:
-    from revproxy.service import listeners
-
-    return WorkerGroup("revproxy", config.workers, "revproxy.workers", config.path, listeners(config),
+    return WorkerGroup("revproxy", config.workers, "revproxy.workers", config.path, service.listeners(config),
                        {"path": config.path, "overrides": overrides},
                        stop_timeout=config.drain_timeout + STOP_MARGIN)
 
 
 def worker_service(spec: dict[str, Any], sockets: list[socket.socket], reactor: Any):
     """In a worker process (`appliance.worker`): the proxy on the supervisor's sockets, and its reload."""
-    from revproxy import service
-
     own = spec["spec"]
     cfg = configmod.load(own["path"], own["overrides"])
     svc = service.makeService(cfg, reactor, own["overrides"], worker_index=spec["worker"])

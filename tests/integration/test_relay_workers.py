@@ -15,9 +15,25 @@ from relay.stun import Attr, Method
 from tests.support.relay_process import EchoPeer, RawTurnClient, RelayProcess, error_code
 
 
-def worker_pids(relay: RelayProcess) -> list[int]:
+def child_pids(relay: RelayProcess) -> list[int]:
+    """Every process the supervisor runs: its workers and the spare waiting to replace one."""
     out = subprocess.run(["pgrep", "-P", str(relay.process.pid)], capture_output=True, text=True).stdout
     return sorted(int(pid) for pid in out.split())
+
+
+def worker_pids(relay: RelayProcess) -> list[int]:
+    """The live worker in each slot, from the supervisor's "relay worker N started (pid P)" lines."""
+    slots = {m[1]: int(m[2]) for m in re.finditer(r"relay worker (\d+) started \(pid (\d+)", relay.log())}
+    return sorted(pid for pid in slots.values() if pid in child_pids(relay))
+
+
+def running(pid: int) -> bool:
+    """Alive and not a zombie (an exited child of a dead parent may wait a while to be reaped)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
 
 
 def wait_for(condition, timeout: float = 10.0) -> bool:
@@ -32,12 +48,18 @@ def wait_for(condition, timeout: float = 10.0) -> bool:
 @pytest.fixture
 def relay(tmp_path):
     process = RelayProcess(tmp_path, workers=2, user_quota=30).start()
-    assert wait_for(lambda: len(worker_pids(process)) == 2)
-    # Both workers must have bound the port before the test spreads clients over them.
-    assert wait_for(lambda: process.log().count("relay ready") == 2)
+    try:
+        assert wait_for(lambda: len(worker_pids(process)) == 2)
+        # Both workers must have bound the port before the test spreads clients over them.
+        assert wait_for(lambda: process.log().count("relay ready") == 2, 20)
+        children = child_pids(process)
+        assert len(children) == 3  # and the spare
+    except AssertionError:
+        process.stop()
+        raise
     yield process
     assert process.stop() == 0
-    assert wait_for(lambda: not worker_pids(process), 5), "workers outlived the supervisor"
+    assert wait_for(lambda: not any(running(pid) for pid in children), 5), "workers outlived the supervisor"
 
 
 def bind_channel(turn: RawTurnClient, peer: tuple[str, int], channel: int = 0x4000) -> None:

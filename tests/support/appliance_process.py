@@ -13,7 +13,7 @@ from tests.support.net import free_port
 from tests.support.relay_process import ROOT, TWISTD, toml_value, udp_binding
 from tests.support.revproxy_process import wait_for_port
 
-STARTED = re.compile(r"(relay|revproxy) worker (\d+) started \(pid (\d+)\)")
+STARTED = re.compile(r"(relay|revproxy) worker (\d+) started \(pid (\d+)")
 
 
 class ApplianceProcess:

@@ -4,6 +4,7 @@ those are in tests/integration/test_appliance_process.py)."""
 from __future__ import annotations
 
 import json
+import os
 import socket
 
 import pytest
@@ -15,7 +16,14 @@ from appliance import sdnotify
 from appliance.config import ConfigError
 from appliance.signals import Signals
 from appliance.sockets import Listener
-from appliance.supervisor import MAX_RESTART_DELAY, RESTART_DELAY, STABLE_AFTER, Supervisor, WorkerGroup
+from appliance.supervisor import (
+    MAX_RESTART_DELAY,
+    RESTART_DELAY,
+    SPARE_DELAY,
+    STABLE_AFTER,
+    Supervisor,
+    WorkerGroup,
+)
 
 
 class FakeTransport:
@@ -64,19 +72,47 @@ def running():
     supervisor._close_sockets()
 
 
-def test_each_worker_gets_its_own_bound_sockets_and_spec(running):
+def test_each_worker_gets_the_groups_sockets_and_a_spec_naming_its_own(running):
     reactor, supervisor = running
-    assert len(reactor.spawned) == 2
-    for index, (protocol, argv, child_fds, _env) in enumerate(reactor.spawned):
-        assert argv[1:] == ["-m", "appliance.worker"]
-        assert sorted(child_fds) == [0, 1, 2, 3, 4]
-        own = [s.fileno() for s in supervisor.sockets["relay", index]]
-        assert [child_fds[3], child_fds[4]] == own
-        spec = json.loads(protocol.transport.written)
+    assert len(reactor.spawned) == 3  # two workers and the group's spare
+    all_fds = [s.fileno() for index in (0, 1) for s in supervisor.sockets["relay", index]]
+    assert len(set(all_fds)) == 4  # two workers, two sockets each, all in one SO_REUSEPORT group
+    for _protocol, argv, child_fds, _env in reactor.spawned:
+        assert argv[1:] == ["-m", "appliance.worker", "relay.workers", str(os.getpid())]
+        assert [child_fds[fd] for fd in (3, 4, 5, 6)] == all_fds
+    for index in (0, 1):
+        spec = json.loads(supervisor.workers["relay", index].transport.written)
         assert (spec["service"], spec["worker"], spec["workers"], spec["spec"]) == ("relay", index, 2, {"secret": "s"})
+        assert spec["fds"] == [3 + 2 * index, 4 + 2 * index]
         assert spec["listeners"] == [["udp", "127.0.0.1", 0], ["tcp", "127.0.0.1", 0]]
-    # Two workers, two separate sockets each, all in one SO_REUSEPORT group.
-    assert len({s.fileno() for socks in supervisor.sockets.values() for s in socks}) == 4
+    assert supervisor.spares["relay"].transport.written == b""  # the spare waits for a slot
+
+
+def test_a_dead_workers_slot_goes_to_the_spare_and_a_new_spare_starts(running):
+    reactor, supervisor = running
+    spare = supervisor.spares["relay"]
+    die(supervisor.workers["relay", 1])
+    reactor.advance(RESTART_DELAY)
+    assert supervisor.workers["relay", 1] is spare and spare.index == 1
+    assert json.loads(spare.transport.written)["fds"] == [5, 6]
+    assert len(reactor.spawned) == 3 and "relay" not in supervisor.spares  # not competing with the new worker
+    reactor.advance(SPARE_DELAY)
+    assert supervisor.spares["relay"] is reactor.spawned[-1][0] is not spare
+    assert len(reactor.spawned) == 4
+
+
+def test_a_dead_spare_is_replaced_with_back_off_and_takes_no_slot(running):
+    reactor, supervisor = running
+    die(supervisor.spares["relay"])
+    assert "relay" not in supervisor.spares
+    reactor.advance(RESTART_DELAY)
+    assert supervisor.spares["relay"] is reactor.spawned[-1][0]
+    die(supervisor.spares["relay"])
+    reactor.advance(RESTART_DELAY)
+    assert "relay" not in supervisor.spares  # the second time it waits twice as long
+    reactor.advance(RESTART_DELAY)
+    assert supervisor.spares["relay"] is reactor.spawned[-1][0]
+    assert sorted(w.index for w in supervisor.workers.values()) == [0, 1]
 
 
 def test_workers_do_not_inherit_the_notify_socket(monkeypatch):
@@ -92,19 +128,19 @@ def test_a_dead_worker_is_replaced_with_a_doubling_back_off(running):
     reactor, supervisor = running
     delays = []
     for _ in range(12):
-        spawned = len(reactor.spawned)
-        die(supervisor.workers["relay", 1])
+        reactor.advance(SPARE_DELAY)  # let the spare be replaced: only the restart is pending
+        dead = supervisor.workers["relay", 1]
+        die(dead)
         [restart] = reactor.getDelayedCalls()
         delays.append(restart.getTime() - reactor.seconds())
         reactor.advance(delays[-1] - 0.001)
-        assert len(reactor.spawned) == spawned  # not before its time
+        assert supervisor.workers["relay", 1] is dead  # not before its time
         reactor.advance(restart.getTime() - reactor.seconds())
-        assert len(reactor.spawned) == spawned + 1
+        assert supervisor.workers["relay", 1] is not dead
     assert delays[:3] == pytest.approx([RESTART_DELAY, 2 * RESTART_DELAY, 4 * RESTART_DELAY])
     assert max(delays) == pytest.approx(MAX_RESTART_DELAY) == delays[-1]
     # The replacement runs in the same slot, on the same sockets.
-    protocol, _, child_fds, _ = reactor.spawned[-1]
-    assert protocol.index == 1 and child_fds[3] == supervisor.sockets["relay", 1][0].fileno()
+    assert json.loads(supervisor.workers["relay", 1].transport.written)["fds"] == [5, 6]
 
 
 def test_a_worker_that_ran_a_while_restarts_without_back_off(running):
@@ -113,10 +149,10 @@ def test_a_worker_that_ran_a_while_restarts_without_back_off(running):
         die(supervisor.workers["relay", 0])
         reactor.advance(MAX_RESTART_DELAY)
     reactor.advance(STABLE_AFTER + 1)
-    spawned = len(reactor.spawned)
-    die(supervisor.workers["relay", 0])
+    dead = supervisor.workers["relay", 0]
+    die(dead)
     reactor.advance(RESTART_DELAY)
-    assert len(reactor.spawned) == spawned + 1
+    assert supervisor.workers["relay", 0] is not dead
 
 
 def test_reload_signals_every_worker(running):
@@ -124,7 +160,7 @@ def test_reload_signals_every_worker(running):
 
     reactor, supervisor = running
     supervisor.reload()
-    assert [p.transport.signals for p, *_ in reactor.spawned] == [[signal.SIGHUP], [signal.SIGHUP]]
+    assert [p.transport.signals for p, *_ in reactor.spawned] == [[signal.SIGHUP], [signal.SIGHUP], []]
 
 
 def test_stop_terms_all_kills_stragglers_and_restarts_nobody(running):
@@ -132,13 +168,14 @@ def test_stop_terms_all_kills_stragglers_and_restarts_nobody(running):
 
     reactor, supervisor = running
     stopped = supervisor.stopService()
-    first, second = (p for p, *_ in reactor.spawned)
-    assert first.transport.signals == [signal.SIGTERM] == second.transport.signals
+    first, second, spare = (p for p, *_ in reactor.spawned)
+    assert first.transport.signals == [signal.SIGTERM] == second.transport.signals == spare.transport.signals
     die(first)
+    die(spare)
     reactor.advance(10.0)  # the group's stop_timeout
     assert second.transport.signals == [signal.SIGTERM, "KILL"]
     die(second)
-    assert stopped.called and len(reactor.spawned) == 2 and supervisor.sockets == {}
+    assert stopped.called and len(reactor.spawned) == 3 and supervisor.sockets == {}
 
 
 def test_a_port_in_use_is_a_config_error_and_nothing_stays_bound():
