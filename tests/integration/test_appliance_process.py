@@ -206,3 +206,20 @@ def test_systemd_hears_ready_once_listening_reloading_around_a_reload_and_stoppi
         notify.settimeout(0.5)
         with pytest.raises(TimeoutError):  # the workers never speak to systemd themselves
             notify.recv(1024)
+
+
+def test_sigterm_lets_the_proxy_workers_drain_a_request_in_flight(shared, appliance):
+    pki, _nodes = shared
+    process = appliance(relay={"workers": 2}, revproxy={"workers": 2, "drain_timeout": 5})
+    assert process.wait_log(lambda log: log.count("relay ready") == 2 and log.count("revproxy listening") == 2)
+    result = {}
+    slow = threading.Thread(target=lambda: result.setdefault(
+        "reply", request(pki, process.https_port, "GET", "/slow?delay=1.5", timeout=10)))
+    slow.start()
+    time.sleep(0.5)
+    process.signal(signal.SIGTERM)
+    assert process.wait_log(lambda log: "draining" in log)
+    slow.join(10)
+    assert result["reply"].status == 200
+    assert process.process.wait(15) in (0, -signal.SIGTERM)
+    assert "workers stopped" in process.log()
