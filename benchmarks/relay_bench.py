@@ -12,6 +12,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -23,7 +24,17 @@ from pathlib import Path
 
 from procstat import ProcessGone, sample
 from relay_report import summarize
-from relay_servers import PASSWORD, REALM, USERNAME, Server, coturn_version, running_coturn, running_ours
+from relay_servers import (
+    PASSWORD,
+    REALM,
+    USERNAME,
+    Server,
+    coturn_version,
+    is_coturn,
+    running_coturn,
+    running_ours,
+    workers_of,
+)
 
 from tests.support.coturn import free_port
 from tests.support.revproxy_process import Pki
@@ -80,6 +91,39 @@ def plan(*, quick: bool = False) -> list[Scenario]:
     return [*(Scenario(mode, n, size)
               for mode, n, size in itertools.product(("channels", "indications"), (1, 10, 50), (100, 1000))),
             TLS_SCENARIO]
+
+
+def select(spec: str, *, quick: bool = False) -> tuple[list[Scenario], bool]:
+    """The scenarios `spec` names (comma-separated) and whether it asks for the allocation figures.
+
+    Each entry is a scenario's name ("channels-10x100", "channels-10x100-tls"), or words: "ChannelData 10 alloc
+    100 B" (ChannelData or channels, Send or indications; the first number is the allocations, the second the
+    payload size; "TLS" for over TLS), or "allocations" (allocation rate and idle allocations). ValueError for an
+    entry that names none of the planned scenarios.
+    """
+    known = {s.name: s for s in plan()} | {s.name: s for s in plan(quick=quick)}
+    chosen: list[Scenario] = []
+    allocations = False
+    for entry in (e.strip() for e in spec.split(",")):
+        if not entry:
+            continue
+        words = entry.lower()
+        if words in ("allocations", "allocation"):
+            allocations = True
+            continue
+        scenario = known.get(entry)
+        if scenario is None:
+            numbers = re.findall(r"\d+", words)
+            mode = "channels" if "channel" in words else "indications" if ("send" in words or "indication" in words) \
+                else None
+            if mode is not None and len(numbers) >= 2:
+                transport = "tls" if "tls" in words else "udp"
+                scenario = known.get(Scenario(mode, int(numbers[0]), int(numbers[1]), transport).name)
+        if scenario is None:
+            raise ValueError(f"--scenarios: {entry!r} is none of: {', '.join(known)}, allocations")
+        if scenario not in chosen:
+            chosen.append(scenario)
+    return chosen, allocations
 
 
 @dataclass(frozen=True)
@@ -172,11 +216,17 @@ def uclient(server: Server, args: list[str], timeout: float, watch: Callable[[],
 
 class Bench:
     def __init__(self, *, servers: list[str], rounds: int, quick: bool, idle_allocations: int,
+                 coturns: dict[str, str] | None = None, allocations: bool = True,
                  log: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
+        """`servers`: the run's server names in order; `coturns` {coturn server name: turnserver binary} for the
+        coturns among them (relay_servers.coturn_servers); `allocations`: also the allocation rate and idle
+        allocations."""
         # The servers' TLS listeners (TLS scenario) serve a test certificate made here (TLS 1.2/1.3, ECDSA P-256).
         self._pki_dir = tempfile.TemporaryDirectory(prefix="rpturn-bench-pki-")
         self.bundle = str(Pki(Path(self._pki_dir.name)).bundle)
         self.servers = servers
+        self.coturns = coturns or {}
+        self.measure_allocations = allocations
         self.rounds = rounds
         self.timing = QUICK if quick else FULL
         self.idle_allocations = idle_allocations
@@ -193,13 +243,15 @@ class Bench:
 
     @contextlib.contextmanager
     def server(self, name: str) -> Iterator[Server]:
-        if name == "coturn":
-            context = running_coturn(MIN_PORT, MAX_PORT, tls_bundle=self.bundle)
+        if is_coturn(name):
+            context = running_coturn(MIN_PORT, MAX_PORT, tls_bundle=self.bundle, name=name,
+                                     **({"binary": self.coturns[name]} if name in self.coturns else {}))
         else:
-            context = running_ours(int(name.removeprefix("ours-w")), MIN_PORT, MAX_PORT, tls_bundle=self.bundle)
+            context = running_ours(workers_of(name), MIN_PORT, MAX_PORT, tls_bundle=self.bundle,
+                                   datagram_io="python" if name.endswith("-python") else None)
         try:
             with context as server:
-                settle(server.pid, workers=int(name.removeprefix("ours-w")) if name != "coturn" else 0)
+                settle(server.pid, workers=0 if is_coturn(name) else workers_of(name))
                 self.descriptions.setdefault(name, server.description)
                 yield server
         except (RuntimeError, OSError) as error:
@@ -343,7 +395,7 @@ class Bench:
                                      f"max {fmt(record['max_pps'], '{:,.0f}')} pps, "
                                      f"p50 {fmt(record['rtt_p50_ms'], '{:.3f}')} ms, "
                                      f"{fmt(record['cpu_us_per_packet'], '{:.1f}')} µs/pkt")
-                        rate = self.allocation_rate(server)
+                        rate = self.allocation_rate(server) if self.measure_allocations else None
                         if rate is not None:
                             rates[name].append(rate)
                     self.log(f"round {round_number} {name}: {time.monotonic() - start:.0f} s, "
@@ -353,9 +405,10 @@ class Bench:
                     for key in ("max_pps", "rtt_p50_ms", "rtt_p99_ms", "cpu_us_per_packet"):
                         if all(record[key] is None for record in per[scenario.name][name]):
                             self.missing.append(f"{key} for {name} in {scenario.title}")
-            self.missing += [f"allocation rate for {name}" for name in self.servers if not rates[name]]
             allocations: dict[str, dict] = {}
-            for name in self.servers:
+            if self.measure_allocations:
+                self.missing += [f"allocation rate for {name}" for name in self.servers if not rates[name]]
+            for name in self.servers if self.measure_allocations else ():
                 with self.server(name) as server:
                     allocations[name] = self.idle_allocations_test(server)
                 allocations[name]["rate_per_s"] = median(rates[name])
@@ -394,7 +447,8 @@ class Bench:
         notes.append("RSS is user-space memory of the whole process tree (workers and supervisor each count); "
                      "kernel socket buffers are in neither server's figure")
         return {"cpus": os.cpu_count(), "kernel": platform.release(), "python": platform.python_version(),
-                "coturn": coturn_version(), "descriptions": self.descriptions, "notes": notes,
+                "coturn": {name: coturn_version(binary) for name, binary in self.coturns.items()} or coturn_version(),
+                "descriptions": self.descriptions, "notes": notes,
                 "peer_busiest_core_share": self.peer_busiest, "client_busiest_core_share": self.client_busiest,
                 "timing": self.timing.__dict__}
 

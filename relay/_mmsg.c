@@ -1,8 +1,9 @@
 /* Batched UDP I/O for the relay's datagram sockets (relay.datagram): recvmmsg(2) and sendmmsg(2), Linux only.
  *
  * recv(fd, count) -> [(bytes, (host, port)), ...]   up to `count` datagrams in one system call, [] when none
- * send(fd, [(data, (host, port)), ...]) -> int       every datagram in as few calls as the kernel takes; returns
- *                                                     how many were not sent (full buffer, ICMP error pending)
+ * send(fd, family, [(data, (host, port)), ...]) -> int   every datagram in as few calls as the kernel takes;
+ *                                                         returns how many were not sent (full buffer, ICMP error
+ *                                                         pending, an address the socket cannot reach)
  *
  * Why C: per relayed datagram the relay made two system calls from Python (recvfrom, sendto); this makes one per
  * burst each way. Addresses are Python's own forms (IPv6 without flowinfo/scope, as the relay uses them). A
