@@ -228,3 +228,17 @@ def test_plain_pipe_works_and_input_ending_early_writes_nothing(tmp_path):
     doc = tomllib.loads(config.read_text())
     assert doc["relay"]["turn_clients"] == ["0.0.0.0/32"]
     assert (tmp_path / "turnuserdb.conf").exists()  # the relay wants a userdb, even without users
+
+
+def test_client_mode_over_a_pipe_warns_about_the_dmz_and_shows_a_generated_password_once(tmp_path):
+    config = base_config(tmp_path)
+    answers = "meet.example.com\n10.0.0.1\n\nclient\n\n\nno\noff\nno\nyes\n"
+    result = run_setup("--config", str(config), stdin=answers)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING: Client TURN lets anyone with valid time-limited credentials relay through this host: it must " \
+           "sit in a DMZ" in result.stdout
+    generated = result.stdout.split("generated password: ", 1)[1].split()[0]
+    realm = tomllib.loads(config.read_text())["relay"]["realm"]
+    key = "0x" + hashlib.md5(f"pexip:{realm}:{generated}".encode()).hexdigest()
+    assert userdb_key(tmp_path / "turnuserdb.conf", "pexip") == key
+    assert generated not in config.read_text()
