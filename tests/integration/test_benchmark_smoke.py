@@ -17,7 +17,7 @@ def test_quick_relay_benchmark_prints_ratio_tables_and_exits_0(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=150,
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert "| ours-w1 / coturn |" in done.stdout
+    assert re.search(r"\| ours-w1 / coturn-\d+\.\d+\.\d+ \|", done.stdout), done.stdout  # named by its version
     ratio_rows = re.findall(r"^\| max pps \(≤ 0\.1 % loss\) \| [\d,]+ \| [\d,]+ \| \d+\.\d\d \|$", done.stdout,
                             flags=re.MULTILINE)
     # One per quick scenario: ChannelData, Send/Data, and ChannelData over TLS (against coturn with TLS).
@@ -26,3 +26,25 @@ def test_quick_relay_benchmark_prints_ratio_tables_and_exits_0(tmp_path):
     results = json.loads(results_path.read_text())
     assert results["missing"] == []
     assert all(target["met"] is not None for target in results["targets"])
+
+
+def test_scenarios_and_several_coturns_in_one_targeted_run(tmp_path):
+    """--scenarios runs only what it names (no allocation figures unless asked); --coturn twice runs both binaries,
+    each named by its version (the same binary twice: a second name), with ratio columns against each."""
+    results_path = tmp_path / "results.json"
+    done = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--servers", "ours-w1-python", "--scenarios",
+         "ChannelData 1 alloc 100 B", "--coturn", "/usr/bin/turnserver", "--coturn", "/usr/bin/turnserver",
+         "--json", str(results_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=150,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    results = json.loads(results_path.read_text())
+    first, second, ours = results["servers"]
+    assert re.fullmatch(r"coturn-\d+\.\d+\.\d+", first) and second == first + "-2" and ours == "ours-w1-python"
+    assert [s["name"] for s in results["scenarios"]] == ["channels-1x100"]
+    assert results["allocations"] == {}
+    assert "#### Allocations" not in done.stdout
+    assert f"| ours-w1-python / {first} | ours-w1-python / {second} |" in done.stdout
+    assert "datagram I/O python" in done.stdout
+    assert results["missing"] == []
