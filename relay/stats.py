@@ -108,6 +108,8 @@ def relay_snapshot(stats: Mapping[str, int], allocations: Iterable[Any], info: d
                 "client_without_permission": total["client_packets_dropped"],
                 "channel_data_without_allocation": stats.get("channel_data_dropped", 0),
                 "send_without_allocation": stats.get("send_dropped", 0),
+                # restricted mode: TURN requests, Send indications and ChannelData from outside turn_clients
+                "turn_restricted": stats.get("turn_restricted", 0),
             },
         },
         "gauges": {

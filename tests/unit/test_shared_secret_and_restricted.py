@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from relay.restauth import SharedSecrets, make_credentials
 from relay.restricted import TurnClients
+from relay.stats import relay_snapshot
 from relay.stun import Attr, MessageClass, Method, check_integrity, encode, long_term_key
 from tests.support.relay_fakes import REALM, TurnHarness, error_code
 
@@ -119,6 +120,8 @@ def test_outsider_turn_gets_no_answer_at_all_and_is_counted():
     client.channel_data(0x4000, b"x")
     assert harness.server.stats["turn_restricted"] == 4
     assert not harness.server.allocations
+    snapshot = relay_snapshot(harness.server.stats, harness.server.allocations.values(), {})
+    assert snapshot["counters"]["dropped"]["turn_restricted"] == 4  # rpturn_turn_dropped_packets{reason=...}
 
 
 def test_listed_source_allocates_and_relays():
