@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import os
 import signal
+import socket
 import time
 
 import pytest
@@ -110,6 +111,23 @@ def test_search_mode_with_a_service_account_after_a_reload(site):
     assert request(pki, port, "GET", API, headers=basic("alice", "nope"), source="127.0.0.41").status == 401
     assert request(pki, port, "GET", API, headers=basic("nobody", "x"), source="127.0.0.42").status == 401
     assert request(pki, port, "GET", API, headers=basic("bob", "bob-pw")).status == 403
+
+
+def test_a_directory_that_accepts_but_never_answers_gives_503_after_the_timeout(site):
+    app, pki, port, _, config, tables = site
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; nothing ever answers
+        tables["revproxy"]["ldap"] = {"url": f"ldap://127.0.0.1:{silent.getsockname()[1]}",
+                                      "user_dn_template": f"uid={{user}},{PEOPLE}", "timeout": 1}
+        config.write_text(tomlkit.dumps(tables))
+        before = app.log().count("reloaded ")
+        os.kill(int(app.pidfile.read_text()), signal.SIGHUP)
+        deadline = time.monotonic() + 10
+        while app.log().count("reloaded ") <= before:
+            assert time.monotonic() < deadline, app.log()[-2000:]
+            time.sleep(0.1)
+        started = time.monotonic()
+        reply = request(pki, port, "GET", API, headers=basic("alice", "alice-pw"))
+        assert reply.status == 503 and 0.9 < time.monotonic() - started < 5
 
 
 def test_ldaps_and_starttls_verify_the_directory_certificate(tmp_path):
