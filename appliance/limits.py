@@ -1,7 +1,7 @@
 """The open-files limit: every relay allocation and every proxied stream holds sockets.
 
-One function for the services, the load tools and the benchmarks: raise the soft RLIMIT_NOFILE towards the hard
-limit (children inherit it) and report what is now in force.
+One place for the services, the load tools and the benchmarks: raise the soft RLIMIT_NOFILE towards the hard
+limit (children inherit it) and report what is now in force; read the limit in force.
 """
 
 from __future__ import annotations
@@ -11,6 +11,11 @@ import resource
 
 # What "unlimited" is taken to mean: the kernel's default fs.nr_open.
 UNLIMITED = 1 << 20
+
+
+def open_files_limit() -> int:
+    """The soft limit in force: what a service may hold open (it sizes its connection limits from it)."""
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 def raise_open_files_limit(needed: int | None = None) -> tuple[int, int]:

@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import enum
-import resource
 import socket
 from collections.abc import Callable
 
 from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
+from appliance.limits import open_files_limit
 from appliance.sockets import bind_tcp, bind_udp
 from relay.datagram import IP_MTU_DISCOVER, IP_PMTUDISC_DO, DatagramSocket  # noqa: F401 (re-exported)
 from relay.dispatch import TurnServer
@@ -103,10 +103,6 @@ class TurnUDPListener:
 class StreamState(enum.Enum):
     OPEN = "open"  # frames are read and answered
     CLOSING = "closing"  # refused, unframeable or over its buffer: answers already written go out, nothing is read
-
-
-def open_files_limit() -> int:
-    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
 
 
 class TurnTCPConnection(Protocol):

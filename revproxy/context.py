@@ -6,12 +6,12 @@ A reload replaces `config` (and the balancer's node list); exchanges in flight k
 
 from __future__ import annotations
 
-import resource
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.logger import Logger
 
+from appliance.limits import open_files_limit
 from appliance.memory import BurstWatch
 from appliance.ratelimit import LogLimiter
 from revproxy.balancer import Balancer, Node
@@ -92,7 +92,7 @@ class ProxyContext:
             if cfg.max_connections:
                 self.limit = cfg.max_connections
             else:
-                soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+                soft = open_files_limit()
                 reserve = min(64 + cfg.upstream_keepalive * max(1, len(cfg.nodes)), soft // 4)
                 self.limit = max(16, (soft - reserve) // 2)
         return self.limit
