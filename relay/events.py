@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from appliance.config import format_hostport
 from appliance.logsafe import escape
 from relay.ratelimit import LogLimiter
 
@@ -44,8 +45,7 @@ def format_five_tuple(five_tuple: FiveTuple) -> str:
 
 
 def format_address(address: Address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return format_hostport(*address)
 
 
 class EventLog:

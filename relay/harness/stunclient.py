@@ -12,6 +12,7 @@ from typing import Any
 
 from twisted.internet import defer, task
 
+from appliance.config import format_hostport
 from relay.harness.common import host_port, non_negative_float
 from relay.harness.twisted_client import RequestFailed, TransportFailed, connect
 from relay.stun import Attr
@@ -63,8 +64,7 @@ def _binding(reactor: Any, args: argparse.Namespace) -> Any:
     if mapped is None:
         print(f"{PROG}: success response from {where} carries no mapped address", file=sys.stderr)
         return 1
-    mapped_host = f"[{mapped[0]}]" if ":" in mapped[0] else mapped[0]
-    print(f"mapped address: {mapped_host}:{mapped[1]}")
+    print(f"mapped address: {format_hostport(*mapped)}")
     print(f"software: {message.get(Attr.SOFTWARE) or '-'}")
     print(f"rtt: {rtt * 1000:.3f} ms")
     return 0
