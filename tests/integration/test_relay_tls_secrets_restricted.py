@@ -318,3 +318,28 @@ def test_aioice_turn_client_over_tls_with_rest_credentials(relay: RelayProcess, 
     finally:
         peer.close()
     assert sorted(received) == [b"%05d" % i + b"y" * 300 for i in range(50)]
+
+
+def test_sighup_rereads_the_certificate_of_tls_listen(relay: RelayProcess, pki: Pki) -> None:
+    def served_certificate() -> bytes:
+        context = ssl.create_default_context(cafile=str(pki.root))
+        with socket.create_connection(("127.0.0.1", relay.tls_port), timeout=5) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            return tls.getpeercert(binary_form=True)
+
+    before = served_certificate()
+    leaf, key = pki.issue(names=("localhost", "127.0.0.1"))
+    original = pki.bundle.read_bytes()
+    pki.bundle.write_bytes(leaf + key + pki.intermediate_pem)
+    try:
+        marker = relay.log().count("configuration reloaded")
+        relay.signal(signal.SIGHUP)
+        deadline = time.monotonic() + 5
+        while relay.log().count("configuration reloaded") == marker and time.monotonic() < deadline:
+            time.sleep(0.05)
+        after = served_certificate()
+        assert after != before
+        assert after == ssl.PEM_cert_to_DER_cert(leaf.decode())
+    finally:
+        pki.bundle.write_bytes(original)
+        relay.signal(signal.SIGHUP)
