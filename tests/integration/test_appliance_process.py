@@ -99,7 +99,13 @@ def allocate_with_channel(port: int, peer: EchoPeer, username: str = "alice", pa
     return turn
 
 
-def test_sighup_reloads_both_services_and_drops_no_allocation_request_or_stream(shared, appliance):
+def permission_code(turn: RawTurnClient, peer: tuple[str, int]) -> int | None:
+    return error_code(turn.request(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, peer)]))
+
+
+def test_sighup_reloads_both_services_and_drops_no_allocation_request_or_stream(shared, appliance, tmp_path):
+    """Nodes, certificate, users and peer policy change on one SIGHUP; an /events stream, an allocation relaying
+    ChannelData and everything else open carry on."""
     pki, nodes = shared
     process = appliance()
     assert {request(pki, process.https_port).json()["node"] for _ in range(3)} == {"a"}
@@ -107,12 +113,17 @@ def test_sighup_reloads_both_services_and_drops_no_allocation_request_or_stream(
     read_event(stream)
     peer = EchoPeer()
     turn = allocate_with_channel(process.relay_port, peer)
+    assert permission_code(turn, ("127.0.0.9", 5000)) is None  # allowed_peers 127.0.0.0/8
     pings = PingPong(turn)
     pings.start()
+    (tmp_path / "new-pki").mkdir()
+    new_pki = Pki(tmp_path / "new-pki")
     try:
         time.sleep(0.3)
         process.proxy_table["nodes"] = nodes.addresses("b", "c")
+        process.proxy_table["certificate"] = str(new_pki.bundle)
         process.users["bob"] = "hunter2"
+        process.relay_table["allowed_peers"] = ["127.0.0.1/32"]
         process.write()
         process.signal(signal.SIGHUP)
         assert process.wait_log(lambda log: "] reloaded " in log and "configuration reloaded" in log), process.log()
@@ -120,11 +131,14 @@ def test_sighup_reloads_both_services_and_drops_no_allocation_request_or_stream(
     finally:
         pings.stop()
     assert pings.sent > 50 and pings.received == pings.sent
-    # The proxy now uses the new nodes, the relay knows the new user, nothing open was cut.
-    assert {request(pki, process.https_port).json()["node"] for _ in range(6)} == {"b", "c"}
+    # The proxy uses the new nodes and certificate (a client trusting only the new root connects) ...
+    assert {request(new_pki, process.https_port).json()["node"] for _ in range(6)} == {"b", "c"}
+    # ... the relay knows the new user and the new peer policy, and the old allocation still works ...
     bob = RawTurnClient(("127.0.0.1", process.relay_port), username="bob", password="hunter2")
     assert error_code(bob.allocate()) is None
+    assert permission_code(turn, ("127.0.0.9", 5000)) == 403
     assert error_code(turn.request(Method.REFRESH, [(Attr.LIFETIME, 600)])) is None
+    # ... and the stream opened before the reload still flows, on the old certificate.
     for _ in range(3):
         assert b"event: tick" in read_event(stream)
     stream.close()
