@@ -304,7 +304,9 @@ class OurProxy(Server):
         d.mkdir(parents=True, exist_ok=True)
         port = free_port()
         table = {"https": f"127.0.0.1:{port}", "http": "", "certificate": str(bundle), "hostname": "localhost",
-                 "nodes": [n.address for n in nodes], "workers": workers, "access_log": access_log}
+                 "nodes": [n.address for n in nodes], "workers": workers,
+                 # like nginx's: a file of its own (buffered), not through twistd's log
+                 "access_log": str(d / "access.log") if access_log else False}
         conf = d / "rpturn.toml"
         text = "[revproxy]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
         plugin = "revproxy"

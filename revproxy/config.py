@@ -77,7 +77,7 @@ class ProxyConfig:
     drain_timeout: float = 30.0
     webapp_dir: str = ""
     webapp_path: str = "/webapp/"
-    access_log: bool = True
+    access_log: bool | str = True  # true: twistd's log; a path: a file of its own (buffered); false: off
     turn_on_https: bool = False  # the HTTPS port also carries TURN, told apart by its first bytes (revproxy.demux)
     workers: int = 1
     pin_guard: PinGuardSettings = field(default_factory=PinGuardSettings)  # [revproxy.pin_guard]
@@ -132,8 +132,12 @@ def from_table(table: dict[str, Any], path: str = "<config>") -> ProxyConfig:
             values[key] = v
     for key in ("verify_nodes", "access_log", "turn_on_https"):
         if key in table:
+            if key == "access_log" and isinstance(table[key], str) and table[key]:
+                values[key] = table[key]
+                continue
             if not isinstance(table[key], bool):
-                raise error(path, key, f"expected true or false, got {table[key]!r}")
+                raise error(path, key, f"expected true or false{' or a file path' if key == 'access_log' else ''}, "
+                                       f"got {table[key]!r}")
             values[key] = table[key]
     if "balance" in table:
         if table["balance"] not in BALANCES:

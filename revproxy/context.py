@@ -14,6 +14,7 @@ from twisted.logger import Logger
 from appliance.limits import open_files_limit
 from appliance.memory import BurstWatch
 from appliance.ratelimit import LogLimiter
+from revproxy import access_log
 from revproxy.balancer import Balancer, Node
 from revproxy.config import ProxyConfig
 from revproxy.connection_pool import NodeConnections
@@ -63,6 +64,7 @@ class ProxyContext:
         self.draining = False
         self.webapp = StaticFiles(config.webapp_dir) if config.webapp_dir else None
         self.hostname = host_bytes(config.hostname)  # Host for HTTP/1.0 requests that send none
+        self.access = access_log.sink(config.access_log, reactor)  # where access-log lines go, or None
         # Connection limits: client connections per source address and in all; `idle` holds the connections that
         # are not in an exchange (handshaking, between requests, a head arriving), the longest idle first: the
         # ones closed to make room when the global limit is reached.
@@ -80,6 +82,8 @@ class ProxyContext:
         self.balancer.replace(nodes)
         self.webapp = StaticFiles(config.webapp_dir) if config.webapp_dir else None
         self.hostname = host_bytes(config.hostname)
+        current = self.access if isinstance(self.access, access_log.AccessLogFile) else None
+        self.access = access_log.sink(config.access_log, self.reactor, current)
         self.limit = None
         self.upstreams.close_idle(keep={n.key for n in nodes})
 

@@ -46,6 +46,12 @@ _NEXT: dict[Phase, frozenset[Phase]] = {
 }
 
 
+# Each phase's allowed next phases as a tuple, looked up by identity: `in` on a frozenset of enum members would hash
+# them through Enum.__hash__, a Python-level call, several times per request.
+for _phase, _allowed in _NEXT.items():
+    _phase.allowed = tuple(_allowed)  # type: ignore[attr-defined]
+
+
 class Body(enum.Enum):
     """The client's request body."""
 
@@ -97,7 +103,7 @@ class Exchange:
         self.sent = 0
 
     def to(self, phase: Phase) -> None:
-        if phase not in _NEXT[self.phase]:
+        if phase not in self.phase.allowed:  # type: ignore[attr-defined]
             raise TransitionError(f"{self.phase.name} -> {phase.name}")
         self.phase = phase
 

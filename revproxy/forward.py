@@ -351,8 +351,9 @@ class Forwarder:
             setattr(stats, self.open_kind, getattr(stats, self.open_kind) - 1)
         if self.store is not None:
             self.store.close()
-        if self.config.access_log:
-            log.info("{line}", line=access_log.line(ex, self.ctx.reactor.seconds()))
+        access = self.ctx.access
+        if access is not None:
+            access(access_log.line(ex, self.ctx.reactor.seconds()))
         conn = self.conn
         if conn.transport is not None and conn.forwarder is self:
             conn.response_done(ex.keep_alive)

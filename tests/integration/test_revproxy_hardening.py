@@ -4,6 +4,7 @@ test fails on a proxy without its fix (real nodes, real TLS, loopback only)."""
 import concurrent.futures
 import json
 import re
+import signal
 import socket
 import ssl
 import time
@@ -206,3 +207,24 @@ def test_an_h2c_upgrade_is_forwarded_as_a_plain_request_without_the_upgrade(shar
     seen = request(pki, proxy.port, headers={"Connection": "Upgrade, HTTP2-Settings", "Upgrade": "h2c",
                                              "HTTP2-Settings": "AAMAAABkAAQAAP__"}).json()["headers"]
     assert not {"upgrade", "http2-settings", "connection"} & set(seen)
+
+
+# -- the access log in a file of its own --------------------------------------------------------------------------
+def test_access_log_to_a_file_of_its_own_reopened_on_sighup(shared, make_proxy, tmp_path):
+    pki, _ = shared
+    path = tmp_path / "access.log"
+    proxy = make_proxy(access_log=str(path))
+    request(pki, proxy.port, "GET", "/whoami?pin=1234&x=first")
+    deadline = time.monotonic() + 3
+    while "x=first" not in (path.read_text() if path.exists() else ""):
+        assert time.monotonic() < deadline, "no access-log line in the file"
+        time.sleep(0.05)
+    assert "pin=***&x=first" in path.read_text() and "x=first" not in proxy.log()
+    path.rename(tmp_path / "access.log.1")
+    proxy.signal(signal.SIGHUP)
+    proxy.wait_log("reloaded")
+    request(pki, proxy.port, "GET", "/whoami?x=second")
+    deadline = time.monotonic() + 3
+    while "x=second" not in (path.read_text() if path.exists() else ""):
+        assert time.monotonic() < deadline, "the access log was not reopened"
+        time.sleep(0.05)

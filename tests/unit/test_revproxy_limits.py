@@ -144,3 +144,24 @@ def test_the_access_log_line_carries_the_scrubbed_referer():
         node.dataReceived(response())
     (line,) = [e["line"] for e in events if "line" in e]
     assert "T1" not in line and "4321" not in line and 'referer="https://h/?pin=***&a=b"' in line
+
+
+def test_an_access_log_file_gets_whole_lines_written_together_and_reopened_after_rotation(tmp_path):
+    path = tmp_path / "access.log"
+    h = Harness(nodes=1, access_log=str(path))
+    client, _ = h.client()
+    for _ in range(3):
+        client.dataReceived(b"GET /x?token=T HTTP/1.1\r\nHost: a\r\n\r\n")
+        if h.pending_connects():
+            node, _ = h.node_connection()
+        node.dataReceived(response())
+    assert path.read_text() == ""  # buffered: one write for all three
+    h.settle(0.3)
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3 and all(' "GET /x?token=***" 200 2 node=10.0.0.1:443' in ln for ln in lines)
+    path.rename(tmp_path / "access.log.1")
+    h.ctx.apply(h.config, h.nodes, h.ctx.creators)  # a reload reopens the file
+    client.dataReceived(b"GET /y HTTP/1.1\r\nHost: a\r\n\r\n")
+    node.dataReceived(response())
+    h.settle(0.3)
+    assert '"GET /y"' in path.read_text() and '"GET /y"' not in (tmp_path / "access.log.1").read_text()
