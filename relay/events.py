@@ -8,9 +8,10 @@ shell's writes one structured twisted.logger line, tests record the calls, and t
 Anyone can make auth failures happen, so those lines go through a `LogLimiter` (a burst, then a steady rate,
 the next line saying how many were held back). An authenticated client can churn allocations as fast as we answer
 (one client at ~750 cycles a second wrote 147 MB of log in 6 minutes), so the allocation lines (created, refreshed,
-deleted) are limited per user the same way, and `flush()` (run with the expiry sweep) writes one summary line per
-user and `SUMMARY_INTERVAL` saying how many of that user's lines were held back. Every value that came from a client
-(user names, reasons) is escaped (`appliance.logsafe.escape`) so it cannot forge or split a log line.
+deleted) and the permission-denied lines are limited per user the same way, and `flush()` (run with the expiry
+sweep) writes one summary line per user and `SUMMARY_INTERVAL` saying how many of that user's lines were held back.
+Every value that came from a client (user names) is escaped (`appliance.logsafe.escape`) so it cannot forge or
+split a log line.
 """
 
 from __future__ import annotations
@@ -121,6 +122,8 @@ class EventLog:
         )  # fmt: skip
 
     def permission_denied(self, allocation: Allocation, host: str, reason: str) -> None:
+        if not self._allowed(allocation.username):
+            return  # an authenticated user asks for denied peers as often as it likes: limited as its allocations
         where, user = format_five_tuple(allocation.five_tuple), escape(allocation.username)
         self.emit(f"TURN permission denied {where} user '{user}' peer {host}: {reason}",
                   event="permission_denied", five_tuple=where, user=user, peer=host, reason=reason)

@@ -204,3 +204,13 @@ def test_reload_applies_new_limits_to_the_live_tables():
     assert (server.connections.per_ip, server.connections.max_total, server.connections.lifetime) == (3, 7, 9.0)
     assert (server.transactions.per_user, server.transactions.max_bytes) == (11, 99999)
     assert (server.sources.rate, server.sources.burst) == (2.0, 4.0)
+
+
+def test_permission_denied_lines_share_the_users_limit():
+    harness = TurnHarness()
+    client = harness.client("alice")
+    assert error_code(client.allocate()) is None
+    for _ in range(300):
+        assert error_code(client.create_permission(("10.0.0.1", 9000))) == 403
+    denied = [event for event in harness.events if event["event"] == "permission_denied"]
+    assert 0 < len(denied) < 150 and harness.server.stats["permissions_denied"] == 300
