@@ -246,3 +246,19 @@ def udp_binding_from(source: str, server: tuple[str, int]) -> stun.Message | Non
         except TimeoutError:
             return None
         return response if response.transaction_id == transaction_id else None
+
+
+def test_a_user_name_cannot_forge_a_log_line(tmp_path):
+    relay = RelayProcess(tmp_path).start()
+    try:
+        forger = RawTurnClient(relay.address, username="eve\x85INFO forged\r\nINFO forged too", password="x")
+        assert error_code(forger.allocate()) == 401  # unknown user: logged as an auth failure
+        deadline = time.monotonic() + 3
+        while "auth failure" not in relay.log() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        (line,) = [line for line in relay.log().splitlines() if "auth failure" in line]
+        assert "eve\\x85INFO forged\\x0d\\x0aINFO forged too" in line
+        assert not any(line.startswith("INFO forged") for line in relay.log().splitlines())
+        forger.close()
+    finally:
+        relay.stop()
