@@ -10,7 +10,10 @@ Two back-ends, the same behaviour:
   handled, one sendmmsg(2) per socket. A profile of the per-packet path (benchmarks/relay_datagram_bench.py, 10
   allocations, 100 B ChannelData) had two thirds of the relay's CPU in recvfrom and sendto, one system call per
   datagram each way; batched, it is one per burst. A write made outside a read (a TCP client's ChannelData, a
-  timer) is sent at once.
+  timer) is sent at once. The sockets are not watched by the reactor one by one but through one epoll set of
+  their own (`Multiplexer`, itself one reader of the reactor): one wake-up reads every socket that is ready and
+  sends what they all wrote together (the peers' answers from several relay sockets leave the listener in one
+  sendmmsg), and the reactor's per-descriptor dispatch (a logging context per event) is paid once.
 - "python" (any OS, or RPTURN_DATAGRAM_IO=python): recvfrom and sendto per datagram. CI runs both.
 
 Writes never raise: a datagram the kernel will not take (send buffer full, ICMP error pending) is dropped and
@@ -19,9 +22,12 @@ counted in `write_errors`, as a router would.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
 import socket
 import sys
+import weakref
 from collections.abc import Callable
 
 from twisted.internet.interfaces import IReadDescriptor
@@ -93,17 +99,86 @@ class _Batch:
             endpoint.queue = []
             if endpoint.sock.fileno() < 0:
                 continue  # closed while its datagrams were queued: they go nowhere, as with a closed socket
-            endpoint.write_errors += send(endpoint.fd, endpoint.sock.family, queue)
+            endpoint.write_errors += send(endpoint.fd, endpoint.family, queue)
 
 
 _batch = _Batch()
 
 
 @implementer(IReadDescriptor)
+class Multiplexer:
+    """The batched sockets of one reactor in one epoll set; the reactor watches only its descriptor.
+
+    Level-triggered: a socket left with datagrams after its READ_BURST stays ready, and so does the set. Made with
+    the first socket, gone with the last (the next socket makes a new one).
+    """
+
+    def __init__(self, reactor) -> None:
+        self.reactor = reactor
+        self.epoll = select.epoll()
+        self.sockets: dict[int, DatagramSocket] = {}
+        reactor.addReader(self)
+
+    def fileno(self) -> int:
+        return self.epoll.fileno()
+
+    def logPrefix(self) -> str:
+        return "relay UDP sockets"
+
+    def add(self, endpoint: DatagramSocket) -> None:
+        self.sockets[endpoint.fd] = endpoint
+        self.epoll.register(endpoint.fd, select.EPOLLIN)
+
+    def remove(self, endpoint: DatagramSocket) -> None:
+        if self.sockets.get(endpoint.fd) is endpoint:
+            del self.sockets[endpoint.fd]
+            if not self.epoll.closed:  # the reactor closes it at shutdown, maybe before the sockets
+                with contextlib.suppress(OSError):
+                    self.epoll.unregister(endpoint.fd)
+        if not self.sockets and not self.epoll.closed:  # the last one: the reactor watches nothing of ours
+            self.reactor.removeReader(self)
+            self.epoll.close()
+
+    def doRead(self) -> None:
+        try:
+            ready = self.epoll.poll(0)
+        except OSError:
+            return
+        sockets = self.sockets
+        batch = _batch
+        batch.active = True
+        try:
+            for fd, _events in ready:
+                endpoint = sockets.get(fd)
+                if endpoint is not None:
+                    endpoint._read_burst()
+        finally:
+            batch.active = False
+            if batch.pending:
+                batch.flush()
+
+    def connectionLost(self, reason) -> None:
+        self.epoll.close()
+
+
+_multiplexers: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _multiplexer(reactor) -> Multiplexer:
+    multiplexer = _multiplexers.get(reactor)
+    if multiplexer is None or multiplexer.epoll.closed:
+        multiplexer = _multiplexers[reactor] = Multiplexer(reactor)
+    return multiplexer
+
+
+
+
+@implementer(IReadDescriptor)
 class DatagramSocket:
     """A non-blocking UDP socket watched by the reactor, handing each datagram straight to `handler`."""
 
-    __slots__ = ("batched", "fd", "handler", "ipv6", "name", "queue", "reactor", "sock", "write", "write_errors")
+    __slots__ = ("batched", "family", "fd", "handler", "ipv6", "multiplexer", "name", "queue", "reactor", "sock",
+                 "write", "write_errors")
 
     def __init__(self, reactor, sock: socket.socket, handler: Callable[[bytes, Address], None], name: str) -> None:
         self.reactor = reactor
@@ -111,13 +186,19 @@ class DatagramSocket:
         self.fd = sock.fileno()
         self.handler = handler
         self.write_errors = 0
-        self.ipv6 = sock.family == socket.AF_INET6
+        self.family = int(sock.family)
+        self.ipv6 = self.family == socket.AF_INET6
         self.name = name
         self.queue: list[tuple[bytes, Address]] = []
         self.batched = _backend == "batched"
         # write(data, addr): the back-end's, bound once (the per-packet path pays no branch for it)
         self.write: Callable[[bytes, Address], None] = self._queue if self.batched else self._sendto
-        reactor.addReader(self)
+        self.multiplexer: Multiplexer | None = None
+        if self.batched:
+            self.multiplexer = _multiplexer(reactor)
+            self.multiplexer.add(self)
+        else:
+            reactor.addReader(self)
 
     def fileno(self) -> int:
         return self.sock.fileno()  # -1 once closed, which the reactor understands
@@ -151,6 +232,17 @@ class DatagramSocket:
                 log.failure("handling a datagram from {addr} on {name}", addr=addr, name=self.name)
 
     def _read_batch(self) -> None:
+        """Read one burst and send what it wrote (the multiplexer does this for every ready socket at once)."""
+        batch = _batch
+        batch.active = True
+        try:
+            self._read_burst()
+        finally:
+            batch.active = False
+            if batch.pending:
+                batch.flush()
+
+    def _read_burst(self) -> None:
         recv = _mmsg.recv  # type: ignore[union-attr]
         try:
             datagrams = recv(self.fd, READ_BURST)
@@ -161,21 +253,12 @@ class DatagramSocket:
                 return
         except OSError:
             return
-        if not datagrams:
-            return
         handler = self.handler
-        batch = _batch
-        batch.active = True
-        try:
-            for data, addr in datagrams:
-                try:
-                    handler(data, addr)
-                except Exception:
-                    log.failure("handling a datagram from {addr} on {name}", addr=addr, name=self.name)
-        finally:
-            batch.active = False
-            if batch.pending:
-                batch.flush()
+        for data, addr in datagrams:
+            try:
+                handler(data, addr)
+            except Exception:
+                log.failure("handling a datagram from {addr} on {name}", addr=addr, name=self.name)
 
     def _sendto(self, data: bytes, addr: Address) -> None:
         try:
@@ -203,7 +286,10 @@ class DatagramSocket:
         return True
 
     def close(self) -> None:
-        self.reactor.removeReader(self)
+        if self.multiplexer is not None:
+            self.multiplexer.remove(self)
+        else:
+            self.reactor.removeReader(self)
         self.sock.close()
 
     def connectionLost(self, reason) -> None:

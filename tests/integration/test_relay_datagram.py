@@ -165,6 +165,34 @@ def test_an_exception_in_a_handler_loses_only_its_datagram(backend):
     out.close()
 
 
+def test_the_reactors_readers_read_every_ready_socket_and_send_what_they_wrote(backend):
+    """As the reactor runs it: each back-end's readers (the sockets themselves, or the batched sockets' epoll set)
+    deliver what waits on every socket; what the handlers wrote leaves once they are done."""
+    reactor = Readers()
+    peer = udp_socket()
+    out = DatagramSocket(reactor, open_udp_socket("127.0.0.1", 0), lambda data, addr: None, "out")
+    inbound = [DatagramSocket(reactor, open_udp_socket("127.0.0.1", 0),
+                              lambda data, addr: out.write(data, peer.getsockname()), f"in {i}") for i in range(3)]
+    assert len(reactor.readers) == (4 if backend == "python" else 1)
+    sender = udp_socket()
+    for i, sock in enumerate(inbound):
+        for n in range(5):
+            sender.sendto(b"%d-%d" % (i, n), sock.sock.getsockname())
+    for reader in list(reactor.readers):
+        reader.doRead()
+    assert sorted(data for data, _ in drain(peer)) == sorted(b"%d-%d" % (i, n) for i in range(3) for n in range(5))
+    inbound[0].close()  # no longer watched: what arrives for it stays unread
+    sender.sendto(b"late", inbound[1].sock.getsockname())
+    for reader in list(reactor.readers):
+        reader.doRead()
+    assert drain(peer) == [(b"late", out.sock.getsockname())]
+    assert len(reactor.readers) == (3 if backend == "python" else 1)
+    for sock in (peer, sender):
+        sock.close()
+    for endpoint in (*inbound[1:], out):
+        endpoint.close()
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_channel_data_is_relayed_both_ways_through_the_shell(backend, host):
     relay = LoopbackRelay(host)

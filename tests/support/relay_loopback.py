@@ -11,6 +11,7 @@ the datagram back-ends and benchmarks/relay_datagram_bench.py drive the sockets'
 from __future__ import annotations
 
 import os
+import select
 import socket
 import time
 from dataclasses import dataclass
@@ -30,16 +31,33 @@ Address = tuple[str, int]
 
 
 class Readers:
-    """A reactor stand-in that only remembers what would be watched for reading."""
+    """A reactor stand-in: what is watched for reading, and `iterate()`, one pass of a reactor's loop over it."""
 
     def __init__(self) -> None:
         self.readers: list[DatagramSocket] = []
+        self.epoll = select.epoll()
+        self.by_fd: dict[int, DatagramSocket] = {}
 
     def addReader(self, reader: DatagramSocket) -> None:
         self.readers.append(reader)
+        self.by_fd[reader.fileno()] = reader
+        self.epoll.register(reader.fileno(), select.EPOLLIN)
 
     def removeReader(self, reader: DatagramSocket) -> None:
         self.readers.remove(reader)
+        fd = reader.fileno()
+        if self.by_fd.get(fd) is reader:
+            del self.by_fd[fd]
+            self.epoll.unregister(fd)
+
+    def iterate(self) -> int:
+        """What a reactor does when it wakes: ask which readers are ready and let each read. How many were."""
+        ready = self.epoll.poll(0)
+        for fd, _events in ready:
+            reader = self.by_fd.get(fd)
+            if reader is not None:
+                reader.doRead()
+        return len(ready)
 
 
 @dataclass
@@ -68,7 +86,7 @@ class LoopbackRelay:
 
     @property
     def relays(self) -> list[DatagramSocket]:
-        return [reader for reader in self.reactor.readers if reader is not self.listener]
+        return [allocation.relay for allocation in self.core.allocations.values()]
 
     def read_listener(self, expected: int = 1) -> None:
         """Read the listener as the reactor would until `expected` datagrams had their chance (bursts of
@@ -79,6 +97,18 @@ class LoopbackRelay:
     def read_relays(self) -> None:
         for relay in self.relays:
             relay.doRead()
+
+    def run_reactor(self, passes: int = 1) -> None:
+        """`passes` reactor wake-ups (readers read only when ready), as the real reactor runs the shell."""
+        for _ in range(passes):
+            self.reactor.iterate()
+
+    def close(self) -> None:
+        for client in self.clients:
+            client.sock.close()
+        self.core.close()
+        self.listener.close()
+        self.reactor.epoll.close()
 
     def request(self, sock: socket.socket, method: int, attributes: list, nonce: str | None = None) -> Message:
         """A request through the listener (signed when `nonce` is given) and its parsed response."""
@@ -118,11 +148,6 @@ class LoopbackRelay:
         self.clients.append(client)
         return client
 
-    def close(self) -> None:
-        for client in self.clients:
-            client.sock.close()
-        self.core.close()
-        self.listener.close()
 
 
 def udp_socket(host: str = "127.0.0.1", buffer: int = 4 * 1024 * 1024) -> socket.socket:
