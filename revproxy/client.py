@@ -97,7 +97,7 @@ class ClientConnection(Deadline, Protocol):
             return
         elif state is ConnState.BUSY:  # pipelined: hold until the current response is done
             self.heads.append(data)
-            if len(self.heads) > MAX_HEAD and not self.held:
+            if len(self.heads.data) > MAX_HEAD and not self.held:
                 self.held = True
                 self.transport.pauseProducing()
         else:
@@ -106,10 +106,10 @@ class ClientConnection(Deadline, Protocol):
 
     def parse_heads(self) -> None:
         heads = self.heads
-        while len(heads) and (self.state is ConnState.IDLE or self.state is ConnState.HEAD):
+        while heads.data and (self.state is ConnState.IDLE or self.state is ConnState.HEAD):
             if self.state is ConnState.IDLE:
                 heads.strip_blank_lines()  # RFC 9112 2.2: ignore blank lines before a request
-                if not len(heads):
+                if not heads.data:
                     return
             try:
                 raw = heads.pop()
@@ -187,7 +187,7 @@ class ClientConnection(Deadline, Protocol):
         if self.held:
             self.held = False
             self.transport.resumeProducing()
-        if len(self.heads):
+        if self.heads.data:
             self.parse_heads()
 
     def refuse(self, error: HTTPError) -> None:
