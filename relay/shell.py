@@ -17,6 +17,7 @@ from twisted.logger import Logger
 
 from appliance.limits import open_files_limit
 from appliance.sockets import bind_tcp, bind_udp
+from relay import datagram
 from relay.datagram import IP_MTU_DISCOVER, IP_PMTUDISC_DO, DatagramSocket  # noqa: F401 (re-exported)
 from relay.dispatch import TurnServer
 from relay.stun import StunDecodeError, tcp_frame_length
@@ -32,6 +33,7 @@ TCP_IDLE_TIMEOUT = 30.0
 MAX_TCP_BUFFER = 65536 + 8
 
 Address = tuple[str, int]
+DATAGRAM_IO = {"batched": "batched (recvmmsg/sendmmsg)", "python": "per datagram (recvfrom/sendto)"}
 SEND_INDICATION = b"\x00\x16"  # the first two bytes of a Send indication (method 0x006, class indication)
 
 
@@ -239,6 +241,8 @@ def listen_udp(reactor, core: TurnServer, host: str, port: int, sock: socket.soc
         tune_socket(sock)
     endpoint = DatagramSocket(reactor, sock, listener.datagramReceived, f"TURN UDP {host}:{port}")
     listener.attach(endpoint)
+    log.info("relay UDP {host}:{port}: datagram I/O {backend}", host=host, port=port,
+             backend=DATAGRAM_IO[datagram.backend()])
     return endpoint
 
 

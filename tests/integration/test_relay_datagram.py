@@ -15,6 +15,7 @@ from relay.datagram import READ_BURST, DatagramSocket
 from relay.shell import open_udp_socket
 from relay.stun import Attr, Message, MessageClass, Method, encode, encode_channel_data, parse, parse_channel_data
 from tests.support.relay_loopback import LoopbackRelay, Readers, drain, udp_socket
+from tests.support.relay_process import EchoPeer, RawTurnClient, RelayProcess
 
 
 @pytest.fixture(params=datagram.BACKENDS)
@@ -263,3 +264,31 @@ def test_relay_sockets_take_a_dual_stack_listeners_clients(backend):
     sock.close()
     relay.close()
     peer.close()
+
+
+@pytest.mark.parametrize(("setting", "logged"), [(None, "batched (recvmmsg/sendmmsg)"),
+                                                 ("python", "per datagram (recvfrom/sendto)")])
+def test_the_real_relay_runs_each_back_end_and_relays_channel_data_both_ways(tmp_path, monkeypatch, setting, logged):
+    """twistd relay with workers = 2 (the worker processes inherit RPTURN_DATAGRAM_IO): the log names the back-end,
+    and ChannelData goes to an echo peer and back."""
+    if setting is None:
+        monkeypatch.delenv("RPTURN_DATAGRAM_IO", raising=False)
+    else:
+        monkeypatch.setenv("RPTURN_DATAGRAM_IO", setting)
+    relay = RelayProcess(tmp_path, workers=2).start()
+    peer = EchoPeer()
+    client = RawTurnClient((relay.host, relay.port))
+    try:
+        assert client.allocate().msg_class == MessageClass.SUCCESS
+        bound = client.request(Method.CHANNEL_BIND, [(Attr.CHANNEL_NUMBER, 0x4000), (Attr.XOR_PEER_ADDRESS,
+                                                                                     peer.address)])
+        assert bound.msg_class == MessageClass.SUCCESS
+        for n in range(50):
+            client.send_bytes(encode_channel_data(0x4000, b"media %d" % n))
+        echoed = sorted(parse_channel_data(client.recv_frame()) for _ in range(50))
+        assert echoed == sorted((0x4000, b"media %d" % n) for n in range(50))
+        assert relay.log().count(f"datagram I/O {logged}") == 2  # one line per worker's listener
+    finally:
+        client.close()
+        peer.close()
+        relay.stop()
