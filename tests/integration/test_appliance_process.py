@@ -14,6 +14,7 @@ import pytest
 from relay import stun
 from relay.stun import Attr, Method
 from tests.support.appliance_process import ApplianceProcess
+from tests.support.net import free_port
 from tests.support.relay_process import EchoPeer, RawTurnClient, error_code, udp_binding
 from tests.support.revproxy_process import Nodes, Pki, request
 
@@ -237,3 +238,21 @@ def test_sigterm_lets_the_proxy_workers_drain_a_request_in_flight(shared, applia
     assert result["reply"].status == 200
     assert process.process.wait(15) in (0, -signal.SIGTERM)
     assert "workers stopped" in process.log()
+
+
+def test_a_worker_replaced_after_a_reload_keeps_the_listeners_and_ports_it_was_started_with(shared, appliance):
+    pki, _nodes = shared
+    process = appliance(relay={"workers": 2}, revproxy={"workers": 2})
+    assert process.wait_log(lambda log: log.count("relay ready") == 2 and log.count("revproxy listening") == 2)
+    process.relay_table["max_port"] = 45400
+    process.proxy_table["http"] = f"127.0.0.1:{free_port()}"  # no socket was bound for it
+    process.write()
+    process.signal(signal.SIGHUP)
+    assert process.wait_log(lambda log: log.count("needs a restart") == 4)
+    workers = process.workers()
+    for slot, ready in ((("relay", 1), "relay ready"), (("revproxy", 1), "revproxy listening")):
+        os.kill(workers[slot], signal.SIGKILL)
+        assert wait_replaced(process, slot, workers[slot], ready, timeout=5) is not None, process.log()[-3000:]
+    assert process.log().count("ports 45300-45499") == 2  # the slice of the range it started with
+    assert all(request(pki, process.https_port).status == 200 for _ in range(6))
+    assert "Traceback" not in process.log()
