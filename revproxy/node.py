@@ -15,13 +15,13 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 from zope.interface import implementer
 
+from appliance.tls_transport import TLSFactory
 from revproxy import http1
 from revproxy.balancer import Node
 from revproxy.exchange import Phase
 from revproxy.failover import NodeFailure
 from revproxy.http1 import UNTIL_CLOSE, HeadBuffer, HTTPError
 from revproxy.timers import Deadline
-from revproxy.tls_transport import TLSFactory
 
 if TYPE_CHECKING:
     from revproxy.context import ProxyContext

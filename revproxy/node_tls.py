@@ -1,5 +1,5 @@
 """TLS towards the Conferencing Nodes: a client context with SNI (for nodes configured by name) and optional
-verification against the system store or a CA file. `revproxy.tls_transport` runs the connections of both sides.
+verification against the system store or a CA file. `appliance.tls_transport` runs the connections of both sides.
 
 The server side (the certificate bundle, its checks and context) is shared with the relay's TURN over TLS and
 lives in `appliance.certs`.

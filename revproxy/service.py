@@ -24,6 +24,7 @@ from appliance.limits import raise_open_files_limit
 from appliance.publisher import StatsPublisher
 from appliance.sockets import Listener, bind_all, bind_tcp
 from appliance.startup import ServicePlan
+from appliance.tls_transport import TLSFactory
 from revproxy import config as configmod
 from revproxy import guards, ldap_guard, node_tls, stats
 from revproxy.acme_service import AcmeService
@@ -32,7 +33,6 @@ from revproxy.client import ProxyFactory
 from revproxy.config import ConfigError, ProxyConfig
 from revproxy.context import ProxyContext
 from revproxy.redirect import RedirectFactory
-from revproxy.tls_transport import TLSFactory
 
 log = Logger(namespace="revproxy")
 

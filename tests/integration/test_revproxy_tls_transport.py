@@ -1,4 +1,4 @@
-"""`revproxy.tls_transport`: the TLS transport over stdlib `ssl.SSLObject`, on loopback with real sockets.
+"""`appliance.tls_transport`: the TLS transport over stdlib `ssl.SSLObject`, on loopback with real sockets.
 
 Each test drives its own reactor instance by hand (`spin`), so nothing touches the global reactor; a blocking
 stdlib `ssl` client in a thread stands in for a browser where the wire behaviour (close_notify) is what is checked.
@@ -22,8 +22,8 @@ from twisted.internet.selectreactor import SelectReactor
 from zope.interface import implementer
 
 from appliance import certs
+from appliance.tls_transport import TLSFactory
 from revproxy import node_tls
-from revproxy.tls_transport import TLSFactory
 from tests.support.revproxy_process import Pki
 
 

@@ -84,7 +84,7 @@ def test_binding_over_tls_is_answered_with_the_clients_address(pki: Pki) -> None
     reply = parse(client_tls.wrappedProtocol.frames[0])
     assert reply.msg_class == MessageClass.SUCCESS
     assert reply.get(Attr.XOR_MAPPED_ADDRESS) == ("198.51.100.20", 40123)
-    assert server_tls.wrappedProtocol.five_tuple[0] == "tls"
+    assert server_tls.wrapped.five_tuple[0] == "tls"
 
 
 def test_allocation_over_tls_counts_as_tls_and_pads_channel_data(pki: Pki) -> None:

@@ -9,6 +9,9 @@ transport, so the TCP transport's own back-pressure reaches the application's pr
 `loseConnection` with close_notify, `abortConnection`, producers, `pauseProducing`/`resumeProducing` of reading).
 Writes made before the handshake finished are held and the registered producer is paused until then.
 `TLSFactory` wraps a server or client factory; its `creator` gives each connection an `SSLObject` (`wrap`).
+
+Shared by both services (hence here, in the appliance layer): the proxy's client and node connections, and the
+relay's TURN over TLS (`tls_listen`, relay.tls).
 """
 
 from __future__ import annotations
