@@ -10,16 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.revproxy_process import Nodes, Pki, ProxyProcess, free_port, request, write_config
+from tests.support.revproxy_process import Pki, ProxyProcess, free_port, lab_fixture, request, write_config
 
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    d = tmp_path_factory.mktemp("failover")
-    pki = Pki(d)
-    nodes = Nodes(d)
-    yield pki, nodes
-    nodes.close()
+shared = lab_fixture("failover")
 
 
 @pytest.fixture

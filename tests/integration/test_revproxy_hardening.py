@@ -11,16 +11,17 @@ import time
 
 import pytest
 
-from tests.support.revproxy_process import Nodes, Pki, ProxyProcess, free_port, raw_exchange, request, write_config
+from tests.support.revproxy_process import (
+    Pki,
+    ProxyProcess,
+    free_port,
+    lab_fixture,
+    raw_exchange,
+    request,
+    write_config,
+)
 
-
-@pytest.fixture(scope="module")
-def shared(tmp_path_factory):
-    d = tmp_path_factory.mktemp("hardening")
-    pki = Pki(d)
-    nodes = Nodes(d)
-    yield pki, nodes
-    nodes.close()
+shared = lab_fixture("hardening")
 
 
 @pytest.fixture

@@ -19,6 +19,7 @@ from revproxy.client import ClientConnection, ProxyFactory
 from revproxy.config import NodeSpec, ProxyConfig
 from revproxy.context import ProxyContext
 from revproxy.node import NodeConnection
+from revproxy.redirect import RedirectConnection
 
 
 class MemoryTransport(StringTransport):
@@ -79,6 +80,14 @@ class Harness:
         if proto is None:
             return None
         transport = MemoryTransport(self.reactor, peer)
+        transport.protocol = proto
+        proto.makeConnection(transport)
+        return proto, transport
+
+    def redirect(self) -> tuple[RedirectConnection, MemoryTransport]:
+        """A connection to the plain-HTTP (redirect) listener."""
+        proto = RedirectConnection(self.ctx)
+        transport = MemoryTransport(self.reactor)
         transport.protocol = proto
         proto.makeConnection(transport)
         return proto, transport

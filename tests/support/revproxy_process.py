@@ -322,6 +322,21 @@ class Nodes:
             self.proc.wait(10)
 
 
+def lab_fixture(name: str) -> Any:
+    """A module-scoped pytest fixture giving (Pki, Nodes): a throwaway PKI and three node stand-ins that the test
+    module's proxies share; the nodes stop with the module."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def lab(tmp_path_factory: Any) -> Any:
+        d = tmp_path_factory.mktemp(name)
+        nodes = Nodes(d)
+        yield Pki(d), nodes
+        nodes.close()
+
+    return lab
+
+
 def pattern(n: int) -> bytes:
     block = bytes(range(256)) * 256
     return (block * (n // len(block) + 1))[:n]

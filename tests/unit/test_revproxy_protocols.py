@@ -7,8 +7,7 @@ from twisted.logger import capturedLogs
 
 from revproxy.client import ConnState
 from revproxy.http1 import HTTPError
-from revproxy.redirect import RedirectConnection
-from tests.support.revproxy_memory import Harness, MemoryTransport, response
+from tests.support.revproxy_memory import Harness, response
 
 GET = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
 
@@ -150,11 +149,7 @@ def test_a_request_guard_may_decide_later():
 
 
 def test_the_redirect_listener_sends_301_to_https_keeping_path_and_query():
-    h = Harness()
-    proto = RedirectConnection(h.ctx)
-    t = MemoryTransport(h.reactor)
-    t.protocol = proto
-    proto.makeConnection(t)
+    proto, t = Harness().redirect()
     proto.dataReceived(b"\r\nGET /a?b=1 HTTP/1.1\r\nHost: meet.example.com:80\r\n")
     proto.dataReceived(b"\r\n")
     assert b"Location: https://meet.example.com:443/a?b=1" not in t.value()
@@ -162,10 +157,6 @@ def test_the_redirect_listener_sends_301_to_https_keeping_path_and_query():
 
 
 def test_the_redirect_listener_uses_the_hostname_for_http_1_0_without_host():
-    h = Harness()
-    proto = RedirectConnection(h.ctx)
-    t = MemoryTransport(h.reactor)
-    t.protocol = proto
-    proto.makeConnection(t)
+    proto, t = Harness().redirect()
     proto.dataReceived(b"GET / HTTP/1.0\r\n\r\n")
     assert b"Location: https://proxy.example.com/\r\n" in t.value()
