@@ -47,10 +47,15 @@ class ApplianceProcess:
         self.process = subprocess.Popen(
             [TWISTD, "-n", "--pidfile=", "--logfile", str(self.log_path), "rpturn", "--config", str(self.config_path)],
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=self.env)
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + 30
         while udp_binding("127.0.0.1", self.relay_port, timeout=0.2) is None:
             if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"rpturn did not start: {self.process.stdout.read()}\n{self.log()}")
+                if self.process.poll() is None:
+                    # Still running but not answering: stop it first, or reading its output would wait for ever.
+                    self.process.kill()
+                    self.process.wait()
+                output = self.process.stdout.read().decode(errors="replace")
+                raise RuntimeError(f"rpturn did not start (exit {self.process.returncode}): {output}\n{self.log()}")
         wait_for_port("127.0.0.1", self.https_port, 15, self.process)
         return self
 
