@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import select
 import socket
+import time
 
 import pytest
 
@@ -287,6 +288,9 @@ def test_the_real_relay_runs_each_back_end_and_relays_channel_data_both_ways(tmp
             client.send_bytes(encode_channel_data(0x4000, b"media %d" % n))
         echoed = sorted(parse_channel_data(client.recv_frame()) for _ in range(50))
         assert echoed == sorted((0x4000, b"media %d" % n) for n in range(50))
+        deadline = time.monotonic() + 10  # the relay answers once one worker is up; the other may still start
+        while relay.log().count(f"datagram I/O {logged}") < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert relay.log().count(f"datagram I/O {logged}") == 2  # one line per worker's listener
     finally:
         client.close()
