@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from twisted.internet.interfaces import IHandshakeListener
 from twisted.internet.protocol import Protocol, ServerFactory
-from twisted.logger import Logger
 from zope.interface import implementer
 
 from revproxy import http1
@@ -26,8 +25,6 @@ from revproxy.timers import Deadline
 
 if TYPE_CHECKING:
     from revproxy.context import ProxyContext
-
-log = Logger(namespace="revproxy")
 
 
 class ConnState(enum.Enum):
@@ -192,8 +189,8 @@ class ClientConnection(Deadline, Protocol):
 
     def refuse(self, error: HTTPError) -> None:
         """Answer a bad request ourselves and close: the byte stream can no longer be trusted."""
-        log.info("{client} refused: {status} {detail}", client=self.client_ip, status=error.status,
-                 detail=error.detail)
+        self.ctx.client_event("{client} refused: {status} {detail}", client=self.client_ip, status=error.status,
+                              detail=error.detail)
         self.state = ConnState.CLOSING
         self.body = None
         self.transport.write(simple_response(error.status, error.detail.encode() + b"\n"))
@@ -202,8 +199,8 @@ class ClientConnection(Deadline, Protocol):
     def _on_deadline(self) -> None:
         if self.forwarder is None or self.body is not None:
             if self.state is ConnState.HEAD or self.body is not None:
-                log.info("{client} closed: request did not finish arriving within client_timeout",
-                         client=self.client_ip)
+                self.ctx.client_event("{client} closed: request did not finish arriving within client_timeout",
+                                      client=self.client_ip)
             self.state = ConnState.CLOSING
             self.transport.abortConnection()
 

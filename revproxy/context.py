@@ -73,6 +73,7 @@ class ProxyContext:
         self.open = 0
         self.limit: int | None = None  # max_connections in force, worked out once the open-files limit is raised
         self.limit_log = LogLimiter(rate=1.0, burst=10.0)
+        self.client_log = LogLimiter(rate=10.0, burst=50.0)  # refused requests, slow heads: anyone can cause them
         self.bursts = BurstWatch(reactor.callLater)  # memory back to the system after a flood has gone
 
     def apply(self, config: ProxyConfig, nodes: list[Node], creators: dict[str, object]) -> None:
@@ -136,6 +137,14 @@ class ProxyContext:
             self.per_ip[conn.client_ip] = left
         else:
             del self.per_ip[conn.client_ip]
+
+    def client_event(self, text: str, **fields: Any) -> None:
+        """A line about something a client did (a refused request, a head too slow): rate-limited, since anyone can
+        cause them; the next line that passes says how many were held back."""
+        suppressed = self.client_log.allow(self.reactor.seconds())
+        if suppressed is not None:
+            log.info(text + (" ({suppressed} more such lines held back)" if suppressed else ""),
+                     suppressed=suppressed, **fields)
 
     def _refused(self, text: str, ip: str, limit: int) -> None:
         suppressed = self.limit_log.allow(self.reactor.seconds())

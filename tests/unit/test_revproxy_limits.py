@@ -165,3 +165,16 @@ def test_an_access_log_file_gets_whole_lines_written_together_and_reopened_after
     node.dataReceived(response())
     h.settle(0.3)
     assert '"GET /y"' in path.read_text() and '"GET /y"' not in (tmp_path / "access.log.1").read_text()
+
+
+def test_lines_about_refused_requests_are_rate_limited():
+    h = Harness()
+    with capturedLogs() as events:
+        for _ in range(200):
+            client, _ = h.client()
+            client.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header: 1\r\n\r\n")
+        h.settle(1.0)
+        client, _ = h.client()
+        client.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header: 1\r\n\r\n")
+    refused = [e for e in events if "refused" in e.get("log_format", "")]
+    assert len(refused) == 51 and refused[-1]["suppressed"] == 150
