@@ -184,3 +184,30 @@ def test_turn_on_https_with_worker_processes_is_refused_in_one_line(tmp_path: Pa
     output = done.stdout + done.stderr
     assert "[revproxy] turn_on_https: needs workers = 1" in output, output
     assert "Traceback" not in output and "Usage:" not in output
+
+
+def test_allocations_on_the_https_port_count_by_transport_in_metrics(setup) -> None:
+    import urllib.request
+
+    app, _, tls_port = setup
+    username, password = make_credentials(SECRET, "metrics", 600, time.time())
+    clients = [RawTurnClient(("127.0.0.1", app.https_port), username, password, transport="tls"),
+               RawTurnClient(("127.0.0.1", tls_port), username, password, transport="tls"),
+               RawTurnClient(("127.0.0.1", app.https_port), username, password, transport="tcp")]
+    try:
+        for client in clients:
+            assert client.allocate().msg_class == stun.MessageClass.SUCCESS
+        deadline = time.monotonic() + 10
+        while True:
+            with urllib.request.urlopen(f"http://127.0.0.1:{app.management_port}/metrics", timeout=5) as answer:
+                text = answer.read().decode()
+            tls = re.search(r'^rpturn_turn_allocations\{transport="tls"\} (\d+)', text, re.M)
+            tcp = re.search(r'^rpturn_turn_allocations\{transport="tcp"\} (\d+)', text, re.M)
+            if (tls and int(tls.group(1)) >= 2 and tcp and int(tcp.group(1)) >= 1) or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert tls and int(tls.group(1)) >= 2, text
+        assert tcp and int(tcp.group(1)) >= 1, text
+    finally:
+        for client in clients:
+            client.close()
