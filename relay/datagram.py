@@ -47,6 +47,11 @@ log = Logger()
 MAX_DATAGRAM = 65536
 # Datagrams read per wake-up of one socket before the reactor looks at the others (also the batch size).
 READ_BURST = 64
+# Passes of the multiplexer per reactor event: after sending, what has come in meanwhile (an echo, the next packet)
+# is read without going back through the reactor. In a ping-pong through one socket under a real epoll reactor
+# this took the relay's CPU per datagram from 35-45 to 22-27 µs (one in flight) and from 15-16 to 9-13 (eight in
+# flight); more passes measured no better. Bounded, so TCP connections and timers wait at most this many bursts.
+ROUNDS = 4
 
 Address = tuple[str, int]
 BACKENDS = ("batched", "python")
@@ -110,7 +115,8 @@ class Multiplexer:
     """The batched sockets of one reactor in one epoll set; the reactor watches only its descriptor.
 
     Level-triggered: a socket left with datagrams after its READ_BURST stays ready, and so does the set. Made with
-    the first socket, gone with the last (the next socket makes a new one).
+    the first socket, gone with the last (the next socket makes a new one). Each event is up to ROUNDS passes:
+    read every ready socket, send what they wrote, look again.
     """
 
     def __init__(self, reactor) -> None:
@@ -140,22 +146,25 @@ class Multiplexer:
             self.epoll.close()
 
     def doRead(self) -> None:
-        try:
-            ready = self.epoll.poll(0)
-        except OSError:
-            return
         sockets = self.sockets
         batch = _batch
-        batch.active = True
-        try:
-            for fd, _events in ready:
-                endpoint = sockets.get(fd)
-                if endpoint is not None:
-                    endpoint._read_burst()
-        finally:
-            batch.active = False
-            if batch.pending:
-                batch.flush()
+        for _ in range(ROUNDS):
+            try:
+                ready = self.epoll.poll(0)
+            except (OSError, ValueError):  # ValueError: closed meanwhile (the last socket went)
+                return
+            if not ready:
+                return
+            batch.active = True
+            try:
+                for fd, _events in ready:
+                    endpoint = sockets.get(fd)
+                    if endpoint is not None:
+                        endpoint._read_burst()
+            finally:
+                batch.active = False
+                if batch.pending:
+                    batch.flush()
 
     def connectionLost(self, reason) -> None:
         self.epoll.close()

@@ -195,6 +195,24 @@ def test_the_reactors_readers_read_every_ready_socket_and_send_what_they_wrote(b
         endpoint.close()
 
 
+def test_what_arrives_while_a_burst_is_handled_is_read_in_the_same_wake_up(backend):
+    """Batched: after sending what a burst wrote, the epoll set is looked at again, so a datagram one of our sockets
+    sent to another is handled before control goes back to the reactor (per datagram: at that socket's own turn)."""
+    reactor = Readers()
+    got = []
+    second = DatagramSocket(reactor, open_udp_socket("127.0.0.1", 0), lambda data, addr: got.append(data), "second")
+    first = DatagramSocket(reactor, open_udp_socket("127.0.0.1", 0),
+                           lambda data, addr: first.write(data + b" relayed", second.sock.getsockname()), "first")
+    sender = udp_socket()
+    sender.sendto(b"ping", first.sock.getsockname())
+    reader = first if backend == "python" else reactor.readers[0]
+    reader.doRead()
+    assert got == ([] if backend == "python" else [b"ping relayed"])
+    sender.close()
+    first.close()
+    second.close()
+
+
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
 def test_channel_data_is_relayed_both_ways_through_the_shell(backend, host):
     relay = LoopbackRelay(host)
