@@ -28,6 +28,7 @@ BIN = Path(sys.executable).parent
 FIRST, SECOND = "first-shared-secret-0123456789", "second-shared-secret-0123456789"
 FILE_SECRET = "file-shared-secret-0123456789"
 NONCE_SECRET = "00112233445566778899aabbccddeeff"
+PER_SOURCE = 20  # tcp_unallocated_per_ip: control connections without an allocation from one address
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,8 @@ def relay(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[RelayP
     os.chmod(secrets_file, 0o600)
     tls_port = free_port()
     process = RelayProcess(where, tls_listen=[f"127.0.0.1:{tls_port}"], certificate=str(pki.bundle),
-                           auth_secrets=[FIRST, SECOND], auth_secrets_file=str(secrets_file))
+                           auth_secrets=[FIRST, SECOND], auth_secrets_file=str(secrets_file),
+                           tcp_unallocated_per_ip=PER_SOURCE)
     process.tls_port = tls_port  # type: ignore[attr-defined]
     process.secrets_file = secrets_file  # type: ignore[attr-defined]
     process.start()
@@ -343,3 +345,35 @@ def test_sighup_rereads_the_certificate_of_tls_listen(relay: RelayProcess, pki: 
     finally:
         pki.bundle.write_bytes(original)
         relay.signal(signal.SIGHUP)
+
+
+def test_a_flood_of_full_tls_handshakes_is_capped_per_source(relay: RelayProcess, pki: Pki) -> None:
+    context = ssl.create_default_context(cafile=str(pki.root))
+    opened, refused = [], 0
+    for _ in range(3 * PER_SOURCE):
+        raw = socket.socket()
+        raw.settimeout(2)
+        raw.bind(("127.0.0.4", 0))
+        try:
+            raw.connect(("127.0.0.1", relay.tls_port))
+            tls = context.wrap_socket(raw, server_hostname="localhost")
+            tls.sendall(stun.encode(stun.Message(stun.Method.BINDING, stun.MessageClass.REQUEST, os.urandom(12),
+                                                 [])))
+            if not tls.recv(2048):
+                raise ConnectionResetError
+            opened.append(tls)
+        except (OSError, ssl.SSLError):
+            refused += 1
+            raw.close()
+    try:
+        # The source's cap holds for TLS as for TCP; another address is still served.
+        assert len(opened) <= PER_SOURCE and refused >= 2 * PER_SOURCE, (len(opened), refused)
+        with socket.create_connection(("127.0.0.1", relay.tls_port), timeout=5,
+                                      source_address=("127.0.0.5", 0)) as raw, \
+                context.wrap_socket(raw, server_hostname="localhost") as tls:
+            tls.sendall(stun.encode(stun.Message(stun.Method.BINDING, stun.MessageClass.REQUEST, os.urandom(12), [])))
+            assert stun.parse(tls.recv(2048)).msg_class == stun.MessageClass.SUCCESS
+    finally:
+        for tls in opened:
+            tls.close()
+    assert "Traceback" not in relay.log()
