@@ -6,6 +6,7 @@ A reload replaces `config` (and the balancer's node list); exchanges in flight k
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +35,16 @@ if TYPE_CHECKING:
 
 
 log = Logger(namespace="revproxy")
+
+
+def source_key(ip: str) -> str:
+    """What `max_connections_per_ip` counts by: the address, or for IPv6 its /64 (one subscriber's whole prefix)."""
+    if ":" not in ip:
+        return ip
+    try:
+        return str(ipaddress.IPv6Network(f"{ip}/64", strict=False))
+    except ValueError:
+        return ip
 
 
 def host_bytes(name: str) -> bytes:
@@ -106,7 +117,8 @@ class ProxyContext:
         """Whether a new connection from `ip` may open; at the global limit the longest idle connection is closed
         to make room, and only when none is idle is the new one refused."""
         per_ip = self.config.max_connections_per_ip
-        if per_ip and self.per_ip.get(ip, 0) >= per_ip:
+        source = source_key(ip)
+        if per_ip and self.per_ip.get(source, 0) >= per_ip:
             self._refused("{ip} refused: max_connections_per_ip ({limit}) reached", ip, per_ip)
             return False
         limit = self.connection_limit()
@@ -120,7 +132,7 @@ class ProxyContext:
             self.release(oldest)
             oldest.transport.abortConnection()
         self.open += 1
-        self.per_ip[ip] = self.per_ip.get(ip, 0) + 1
+        self.per_ip[source] = self.per_ip.get(source, 0) + 1
         self.bursts.opened(self.open)
         return True
 
@@ -132,11 +144,12 @@ class ProxyContext:
         self.idle.pop(conn, None)
         self.open -= 1
         self.bursts.closed(self.open)
-        left = self.per_ip[conn.client_ip] - 1
+        source = source_key(conn.client_ip)
+        left = self.per_ip[source] - 1
         if left:
-            self.per_ip[conn.client_ip] = left
+            self.per_ip[source] = left
         else:
-            del self.per_ip[conn.client_ip]
+            del self.per_ip[source]
 
     def client_event(self, text: str, **fields: Any) -> None:
         """A line about something a client did (a refused request, a head too slow): rate-limited, since anyone can

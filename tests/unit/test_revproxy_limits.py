@@ -178,3 +178,11 @@ def test_lines_about_refused_requests_are_rate_limited():
         client.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\nBad Header: 1\r\n\r\n")
     refused = [e for e in events if "refused" in e.get("log_format", "")]
     assert len(refused) == 51 and refused[-1]["suppressed"] == 150
+
+
+def test_ipv6_connections_are_limited_per_64_prefix():
+    h = Harness(max_connections_per_ip=2)
+    assert h.accept("2001:db8:1:2::10") and h.accept("2001:db8:1:2:ffff::1")
+    assert h.accept("2001:db8:1:2::99") is None  # same /64: one subscriber
+    assert h.accept("2001:db8:1:3::10") is not None
+    assert h.ctx.per_ip == {"2001:db8:1:2::/64": 2, "2001:db8:1:3::/64": 1}
