@@ -46,7 +46,7 @@ def makeService(options: Options) -> Any:
         relay_plan = relay_service.plan(relay_cfg, {}, reactor)
         proxy_plan = revproxy_service.plan(proxy_cfg, {}, reactor)
         if proxy_cfg.turn_on_https:
-            compose_turn_on_https(relay_plan, proxy_plan, proxy_cfg)
+            compose_turn_on_https(relay_plan, proxy_plan, proxy_cfg, path)
         top = build_process([relay_plan, proxy_plan], reactor)
         if management is not None:
             management.setServiceParent(top)

@@ -3,32 +3,47 @@
 The proxy's HTTPS listener looks at each connection's first bytes (revproxy.demux) and hands a STUN/TURN one — in
 the clear, or inside the TLS the proxy terminated — to a `TurnHandoff`. The proxy never imports the relay; this
 module, which assembles the appliance, gives it one: `RelayHandoff` builds the relay's own TCP control-connection
-protocol (relay.shell / relay.tls) on the relay's core, so TURN on 443 is the same TURN as on 3478 and 5349 — the
-same allocations table, credentials (users, userdb, shared secrets), nonce secret, restricted mode, quotas, port
-range, per-source limits and figures (transport "tcp" or "tls").
+protocol (relay.shell / relay.tls) on a relay core, so TURN on 443 is the same TURN as on 3478 and 5349: the same
+handlers, credentials (users, userdb, shared secrets), restricted mode, peer policy, per-source limits and log lines,
+with transport "tcp" or "tls" in the 5-tuple and the figures.
 
 Process model, and why. A TURN-over-TLS connection can only be recognised after the TLS handshake, in the process
-that terminated it; TLS state cannot be handed to another process, so passing the socket to a relay worker (fd
-passing) would only work for TURN in the clear. The relay's core is therefore composed *into the process that runs
-the proxy*. With `workers = 1` for both services (the default) the appliance runs both in one process, and the
-handoff uses the relay service's own core: nothing is duplicated, nothing is shared across processes.
+that terminated it, and TLS state cannot be handed to another process; passing the socket to a relay worker (fd
+passing) would only work for TURN in the clear. So the relay's core runs *in the process that runs the proxy*:
 
-With `workers > 1` the proxy runs in worker processes of its own. Serving TURN there would need a relay core per
-proxy worker with its own slice of the relay port range, the shared quota table and the relay workers' nonce
-secret; that is not built yet, so `turn_on_https` with workers is refused at start (one config line) rather than
-half-working.
+- Both services in one process (`workers = 1` for both, the default): the handoff uses the relay service's own
+  core. Nothing is duplicated: one allocation table, one port range, one quota, one set of figures.
+- The proxy in worker processes (`[revproxy] workers > 1`), or the relay in workers and the proxy alone in the main
+  process: each process serving the HTTPS port gets a relay core of its own (`HttpsRelay`: the relay service's core,
+  built from the same `[relay]` table, never listening itself), with its expiry sweep, its SIGHUP reload (users,
+  userdb, secrets, peer policy, restricted mode) and its figures published as a relay process of its own (index
+  `FIGURES_INDEX + proxy worker`), so `/metrics` and `/status` count its allocations by transport. What it does not
+  share with the relay's processes: nonces (none need to be: a TCP/TLS control connection stays in the process that
+  accepted it, which both issues and checks its nonces), the quota table (`user_quota`/`total_quota` are counted per
+  process for TURN on 443) and the port range (its relay sockets come from the whole range; a port another process
+  holds fails to bind and the next one is tried, as in any one process).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-from appliance.config import ConfigError
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+
 from appliance.startup import ServicePlan
+
+# Imported by a spare proxy worker before it is given a slot (appliance.worker), so taking one costs no imports.
+PRELOAD = ("revproxy.workers", "revproxy.demux", "relay.service", "relay.tls", "relay.stats")
+
+# Figures of the relay core in the process serving the HTTPS port are published as this relay "worker" index (plus
+# the proxy worker's index), apart from the relay's own workers.
+FIGURES_INDEX = 100
 
 
 class RelayHandoff:
-    """revproxy.demux.TurnHandoff over the relay's core: a TURN control connection for a stream the proxy accepted."""
+    """revproxy.demux.TurnHandoff over a relay core: a TURN control connection for a stream the proxy accepted."""
 
     def __init__(self, core: Any, clock: Any, local: tuple[str, int]) -> None:
         from relay.tls import TurnStreamFactory
@@ -40,13 +55,75 @@ class RelayHandoff:
         return self.factories[transport_name].buildProtocol(addr)
 
 
-def compose(relay_plan: ServicePlan, proxy_plan: ServicePlan, proxy_config: Any) -> None:
-    """Give the proxy's HTTPS listener the relay's TURN (both in this process), or refuse with one config line."""
-    if relay_plan.service is None or proxy_plan.service is None:
-        raise ConfigError(proxy_config.path, "revproxy", "turn_on_https",
-                          "needs workers = 1 for both [relay] and [revproxy] (TURN on the HTTPS port is served in "
-                          "the process that terminates TLS; not built for worker processes yet)")
-    relay = relay_plan.service.relay  # type: ignore[attr-defined]
+class HttpsRelay(MultiService):
+    """A relay core for the HTTPS port in a process where the relay service does not run: built like the relay
+    service's (relay.service.RelayService, which is never started here, so it binds nothing), swept every second,
+    reloaded on SIGHUP, its figures published, its allocations deleted when the process stops."""
+
+    def __init__(self, source: str, reactor: Any, worker: int = 0) -> None:
+        super().__init__()
+        from appliance.publisher import StatsPublisher
+        from relay.config import load_relay_config
+        from relay.service import RelayService
+        from relay.stats import service_snapshot
+
+        # Not this process's to serve: the relay's own listeners (tls_listen's certificate is the relay's affair).
+        config = dataclasses.replace(load_relay_config(source), tls_listen=(), certificate=None)
+        self.relay = RelayService(config, reactor)
+        self.core = self.relay.core
+        sweep = TimerService(1.0, self.core.expire)
+        sweep.clock = reactor
+        sweep.setServiceParent(self)
+        StatsPublisher("relay", FIGURES_INDEX + worker, lambda: service_snapshot(self.relay),
+                       reactor).setServiceParent(self)
+
+    def reload(self) -> None:
+        self.relay.reload()
+
+    def stopService(self) -> Any:
+        result = super().stopService()
+        self.core.close()
+        return result
+
+
+def compose(relay_plan: ServicePlan, proxy_plan: ServicePlan, proxy_config: Any, source: str) -> None:
+    """Give the proxy's HTTPS listener the relay's TURN, in whichever processes serve the HTTPS port."""
+    if proxy_plan.group is not None:
+        # Proxy workers: each builds the proxy, then its own relay core (worker_service below).
+        proxy_plan.group.entry = __name__
+        proxy_plan.group.spec["relay_source"] = source
+        return
     proxy = proxy_plan.service
+    if relay_plan.service is not None:
+        core = relay_plan.service.relay.core  # type: ignore[attr-defined]
+    else:
+        own = HttpsRelay(source, proxy.reactor)  # type: ignore[union-attr]
+        own.setServiceParent(proxy)  # type: ignore[arg-type]
+        core = own.core
+        reload_proxy = proxy_plan.reload
+
+        def reload_both() -> None:
+            if reload_proxy is not None:
+                reload_proxy()
+            own.reload()
+
+        proxy_plan.reload = reload_both
     https = proxy_config.https
-    proxy.ctx.turn_handoff = RelayHandoff(relay.core, relay.reactor, (https.host, https.port))  # type: ignore[attr-defined]
+    proxy.ctx.turn_handoff = RelayHandoff(core, proxy.reactor, (https.host, https.port))  # type: ignore[union-attr]
+
+
+def worker_service(spec: dict[str, Any], sockets: list, reactor: Any) -> tuple[Any, Any]:
+    """In a proxy worker process (appliance.worker) with turn_on_https: the proxy, with a relay core composed in."""
+    from revproxy.workers import worker_service as proxy_worker_service
+
+    service, reload_proxy = proxy_worker_service(spec, sockets, reactor)
+    own = HttpsRelay(spec["spec"]["relay_source"], reactor, spec["worker"])
+    own.setServiceParent(service)
+    https = service.config.https
+    service.ctx.turn_handoff = RelayHandoff(own.core, reactor, (https.host, https.port))
+
+    def reload_both() -> None:
+        reload_proxy()
+        own.reload()
+
+    return service, reload_both

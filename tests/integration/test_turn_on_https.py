@@ -171,19 +171,56 @@ def test_floods_of_garbage_and_half_handshakes_on_the_https_port_are_bounded(set
     assert "Traceback" not in app.log()
 
 
-def test_turn_on_https_with_worker_processes_is_refused_in_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("relay_workers, proxy_workers", [(1, 2), (2, 1)])
+def test_turn_on_https_with_worker_processes(tmp_path: Path, turn_peer: int, relay_workers: int,
+                                             proxy_workers: int) -> None:
     pki = Pki(tmp_path)
-    app = ApplianceProcess(tmp_path, relay={"workers": 2},
-                           revproxy={"certificate": str(pki.bundle), "nodes": ["127.0.0.1:9"], "turn_on_https": True},
+    nodes = Nodes(tmp_path, names=("a",))
+    app = ApplianceProcess(tmp_path, relay={"workers": relay_workers, "auth_secrets": [SECRET]},
+                           revproxy={"certificate": str(pki.bundle), "nodes": nodes.addresses("a"),
+                                     "turn_on_https": True, "workers": proxy_workers},
                            users={"alice": "secret"})
-    from tests.support.relay_process import ROOT, TWISTD
+    app.start()
+    try:
+        assert app.wait_log(lambda log: log.count("revproxy listening") >= proxy_workers, 20)
+        # -c: no RTCP allocations. uclient pairs RTP/RTCP allocations with EVEN-PORT and RESERVATION-TOKEN over two
+        # connections, which SO_REUSEPORT may give to two processes: a token is known only in the one that issued it
+        # (as with the relay's own workers over TCP). Browsers do not reserve ports.
+        with ThreadPoolExecutor(3) as pool:
+            http = pool.submit(curl, app, pki, 10)
+            tcp = pool.submit(uclient, app.https_port, turn_peer, "-t", "-c", messages=50)
+            tls = pool.submit(uclient, app.https_port, turn_peer, "-t", "-S", "-c", messages=50)
+            statuses, over_tcp, over_tls = http.result(), tcp.result(), tls.result()
+        assert statuses == ["200"] * 10
+        for figures in (over_tcp, over_tls):
+            assert figures["sent"] == 100 and figures["received"] == figures["sent"] and figures["lost"] == 0, \
+                figures["output"][-1500:]
+        # A held allocation over TLS on the HTTPS port shows in /metrics, whichever process serves it.
+        username, password = make_credentials(SECRET, "workers", 600, time.time())
+        client = RawTurnClient(("127.0.0.1", app.https_port), username, password, transport="tls")
+        try:
+            assert client.allocate().msg_class == stun.MessageClass.SUCCESS
+            assert wait_metric(app, "tls", 1)
+        finally:
+            client.close()
+    finally:
+        assert app.stop() == 0
+        nodes.close()
+    assert "Traceback" not in app.log()
 
-    done = subprocess.run([TWISTD, "-n", "--pidfile=", "rpturn", "--config", str(app.config_path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=30)
-    assert done.returncode != 0
-    output = done.stdout + done.stderr
-    assert "[revproxy] turn_on_https: needs workers = 1" in output, output
-    assert "Traceback" not in output and "Usage:" not in output
+
+def wait_metric(app: ApplianceProcess, transport: str, at_least: int, timeout: float = 10.0) -> bool:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with urllib.request.urlopen(f"http://127.0.0.1:{app.management_port}/metrics", timeout=5) as answer:
+            text = answer.read().decode()
+        found = re.search(rf'^rpturn_turn_allocations\{{transport="{transport}"\}} (\d+)', text, re.M)
+        if found and int(found.group(1)) >= at_least:
+            return True
+        time.sleep(0.2)
+    return False
 
 
 def test_allocations_on_the_https_port_count_by_transport_in_metrics(setup) -> None:
