@@ -99,11 +99,10 @@ static PyObject *mmsg_recv(PyObject *self, PyObject *args) {
         messages[i].msg_hdr.msg_iovlen = 1;
     }
     int received;
-    Py_BEGIN_ALLOW_THREADS
+    /* The GIL stays held: the call never blocks (MSG_DONTWAIT), and `buffers` and the address cache are shared. */
     do {
         received = recvmmsg(fd, messages, (unsigned)count, MSG_DONTWAIT, NULL);
     } while (received < 0 && errno == EINTR);
-    Py_END_ALLOW_THREADS
     if (received < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) return PyList_New(0);
         return PyErr_SetFromErrno(PyExc_OSError);
@@ -138,7 +137,7 @@ static int parse_address(PyObject *address, int family, struct sockaddr_storage 
     port = (int)PyLong_AsLong(PyTuple_GET_ITEM(address, 1));
     if (port == -1 && PyErr_Occurred()) return -1;
     if (port < 0 || port > 65535) {
-        PyErr_SetString(PyExc_OverflowError, "port must be 0-65535");
+        PyErr_SetString(PyExc_OSError, "port must be 0-65535");  /* that one datagram fails, as with sendto */
         return -1;
     }
     memset(sa, 0, sizeof(*sa));
@@ -215,8 +214,7 @@ static PyObject *mmsg_send(PyObject *self, PyObject *args) {
         }
         n = held;
         int done = 0;
-        Py_BEGIN_ALLOW_THREADS
-        while (done < n) {
+        while (done < n) {  /* never blocks (MSG_DONTWAIT): the GIL stays held */
             int sent = sendmmsg(fd, messages + done, (unsigned)(n - done), MSG_DONTWAIT);
             if (sent > 0) {
                 done += sent;
@@ -230,7 +228,6 @@ static PyObject *mmsg_send(PyObject *self, PyObject *args) {
                 done += 1;
             }
         }
-        Py_END_ALLOW_THREADS
         for (int i = 0; i < held; i++) PyBuffer_Release(&views[i]);
         continue;
     error:

@@ -104,7 +104,11 @@ class _Batch:
             endpoint.queue = []
             if endpoint.sock.fileno() < 0:
                 continue  # closed while its datagrams were queued: they go nowhere, as with a closed socket
-            endpoint.write_errors += send(endpoint.fd, endpoint.family, queue)
+            try:
+                endpoint.write_errors += send(endpoint.fd, endpoint.family, queue)
+            except Exception:  # a bug upstream (not bytes, a port out of range): never out into the reactor
+                endpoint.write_errors += len(queue)
+                log.failure("sending {count} datagrams on {name}", count=len(queue), name=endpoint.name)
 
 
 _batch = _Batch()
@@ -161,6 +165,8 @@ class Multiplexer:
                     endpoint = sockets.get(fd)
                     if endpoint is not None:
                         endpoint._read_burst()
+            except Exception:  # handlers' exceptions are caught per datagram; this is for anything else
+                log.failure("reading the relay's UDP sockets")
             finally:
                 batch.active = False
                 if batch.pending:
@@ -272,7 +278,7 @@ class DatagramSocket:
     def _sendto(self, data: bytes, addr: Address) -> None:
         try:
             self.sock.sendto(data, addr)
-        except OSError:
+        except (OSError, OverflowError):  # OverflowError: a port out of range
             self.write_errors += 1
 
     def _queue(self, data: bytes, addr: Address) -> None:

@@ -123,6 +123,69 @@ def test_a_write_that_fails_is_counted_and_never_raises(backend):
     out.close()
 
 
+def test_many_senders_each_get_their_own_address(backend):
+    """More sources than the extension's address cache has slots (256): every datagram names its own sender."""
+    got = []
+    sock = endpoint(lambda data, addr: got.append((data, addr)))
+    senders = [udp_socket(buffer=65536) for _ in range(300)]
+    for i, sender in enumerate(senders):
+        sender.sendto(b"%d" % i, sock.sock.getsockname())
+    for _ in range(300 // READ_BURST + 1):
+        sock.doRead()
+    assert sorted(got) == sorted((b"%d" % i, sender.getsockname()) for i, sender in enumerate(senders))
+    for sender in senders:
+        sender.close()
+    sock.close()
+
+
+def test_a_burst_writes_any_bytes_like_payload_and_more_than_one_batch(backend):
+    peer = udp_socket()
+    out = endpoint(lambda data, addr: None)
+
+    def write_many(data, addr):
+        for n in range(150):  # more than one sendmmsg call takes (64)
+            payload = b"%d" % n
+            out.write(memoryview(payload) if n % 3 == 0 else bytearray(payload) if n % 3 == 1 else payload,
+                      peer.getsockname())
+        out.write(b"bad port", ("127.0.0.1", 70000))  # that one fails, counted; the others go
+        out.write(b"last", peer.getsockname())
+
+    inbound = endpoint(write_many)
+    sender = udp_socket()
+    sender.sendto(b"go", inbound.sock.getsockname())
+    inbound.doRead()
+    assert [data for data, _ in drain(peer)] == [b"%d" % n for n in range(150)] + [b"last"]
+    assert out.write_errors == 1
+    for sock in (peer, sender):
+        sock.close()
+    inbound.close()
+    out.close()
+
+
+def test_a_write_of_something_not_bytes_is_a_logged_bug_and_reading_goes_on(backend):
+    """A programming error in what is written must not stop the reactor reading our sockets."""
+    reactor = Readers()
+    peer = udp_socket()
+    out = DatagramSocket(reactor, open_udp_socket("127.0.0.1", 0), lambda data, addr: None, "out")
+
+    def handler(data, addr):
+        out.write(12345 if data == b"bug" else data, peer.getsockname())
+
+    inbound = DatagramSocket(reactor, open_udp_socket("127.0.0.1", 0), handler, "in")
+    sender = udp_socket()
+    sender.sendto(b"bug", inbound.sock.getsockname())
+    for reader in list(reactor.readers):
+        reader.doRead()
+    sender.sendto(b"fine", inbound.sock.getsockname())
+    for reader in list(reactor.readers):
+        reader.doRead()
+    assert [data for data, _ in drain(peer)] == [b"fine"]
+    for sock in (peer, sender):
+        sock.close()
+    inbound.close()
+    out.close()
+
+
 def test_a_socket_closed_with_writes_queued_sends_nothing(backend):
     peer = udp_socket()
     out = endpoint(lambda data, addr: None)
