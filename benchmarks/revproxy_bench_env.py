@@ -15,10 +15,8 @@ import json
 import os
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,9 +24,9 @@ from typing import Any
 
 import procstat
 
-ROOT = Path(__file__).resolve().parent.parent
-PYTHON = str(ROOT / ".venv" / "bin" / "python") if (ROOT / ".venv" / "bin" / "python").exists() else sys.executable
-TWISTD = str(Path(PYTHON).parent / "twistd")
+from tests.support.net import free_port, wait_for_port
+from tests.support.processes import PYTHON, ROOT, TWISTD  # noqa: F401 (the scripts import them from here)
+
 NODE_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 SMALL_PATH = "/api/client/v2/conferences/bench/status"
 BIG_PATH = "/static/64k.bin"
@@ -44,24 +42,12 @@ class BenchError(RuntimeError):
 
 
 # -- ports and certificates ---------------------------------------------------------------------------------------
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
-
-
 def wait_port(host: str, port: int, proc: subprocess.Popen | None = None, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise BenchError(f"process {proc.args[0]} exited with {proc.returncode} before listening on "
-                             f"{host}:{port}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise BenchError(f"nothing listening on {host}:{port} after {timeout}s")
+    """tests.support.net.wait_for_port, its failure a BenchError."""
+    try:
+        wait_for_port(host, port, timeout, proc)
+    except (RuntimeError, TimeoutError) as e:
+        raise BenchError(f"{proc.args[0] if proc is not None else 'server'}: {e}") from None
 
 
 def make_certificate(where: Path, name: str, hosts: tuple[str, ...]) -> tuple[Path, Path, Path]:

@@ -1,12 +1,11 @@
 """The [relay] table: the sample config parses, every bad key is one clear message naming file and key."""
 
-import subprocess
 
 import pytest
 
 from appliance.config import ConfigError, parse_hostport
 from relay.config import load_relay_config, relay_config_from_table
-from tests.support.relay_process import ROOT, TWISTD
+from tests.support.processes import ROOT, run_until_exit
 
 SAMPLE = ROOT / "conf" / "rpturn.toml"
 
@@ -75,10 +74,7 @@ def test_invalid_toml_names_the_file(tmp_path):
 def test_twistd_exits_nonzero_with_one_clear_message_on_bad_config(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text('[relay]\nmin_port = "abc"\n[relay.users]\nu = "p"\n')
-    result = subprocess.run(
-        [TWISTD, "-n", "--pidfile=", "relay", "--config", str(path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=60,
-    )
+    result = run_until_exit("relay", path, cwd=ROOT)
     assert result.returncode != 0
     output = result.stdout + result.stderr
     assert f"{path}: [relay] min_port: must be an integer" in output

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.net import free_port
-from tests.support.relay_process import ROOT, TWISTD, toml_value
+from tests.support.processes import ROOT, run_until_exit, write_tables
 
 KEY = "0x" + "ab" * 16  # a well-formed userdb key
 
@@ -29,19 +29,13 @@ def write_config(tmp_path: Path, relay: dict | None = None, revproxy: dict | Non
         # its own port: the default 127.0.0.1:9641 may be taken by another appliance on this machine
         "management": {"listen": f"127.0.0.1:{free_port()}"},
     }
-    lines = []
-    for name, table in tables.items():
-        lines.append(f"[{name}]")
-        lines += [f"{k} = {toml_value(v)}" for k, v in table.items() if f"{name}.{k}" not in drop]
-    lines += ["[relay.users]", 'alice = "secret"']
-    path = tmp_path / "rpturn.toml"
-    path.write_text("\n".join(lines) + "\n")
+    tables = {name: {k: v for k, v in table.items() if f"{name}.{k}" not in drop} for name, table in tables.items()}
+    path = write_tables(tmp_path / "rpturn.toml", {**tables, "relay.users": {"alice": "secret"}})
     return path, ports
 
 
 def run(plugin: str, path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([TWISTD, "-n", "--pidfile=", plugin, "--config", str(path)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=60)
+    return run_until_exit(plugin, path, cwd=ROOT)
 
 
 def assert_one_line(result: subprocess.CompletedProcess, expected: str) -> None:

@@ -25,6 +25,8 @@ from typing import Any
 
 import websocket
 
+from tests.support.processes import stop_process
+
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CERTUTIL = shutil.which("certutil") or "/usr/bin/certutil"
 
@@ -131,13 +133,7 @@ class Chromium:
             with contextlib.suppress(Exception):
                 self._ws.close()
             self._ws = None
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process)
 
 
 def relay_round_trip(browser: Chromium, ice_servers: list[dict], messages: int = 5, timeout: float = 15.0) -> dict:

@@ -18,7 +18,6 @@ import contextlib
 import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
@@ -28,6 +27,7 @@ from pathlib import Path
 
 from relay.client import Success, TurnClient
 from tests.support.net import free_port
+from tests.support.processes import stop_process
 
 TURNSERVER = shutil.which("turnserver") or "/usr/bin/turnserver"
 
@@ -157,13 +157,7 @@ class Coturn:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        stop_process(self.process, 5)
         if self._dir is not None:
             self._dir.cleanup()
             self._dir = None

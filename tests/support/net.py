@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import time
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -19,3 +21,17 @@ def free_port(host: str = "127.0.0.1") -> int:
                     continue
                 return port
     raise RuntimeError(f"no port free for both UDP and TCP on {host}")
+
+
+def wait_for_port(host: str, port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
+    """Until a TCP connect to host:port succeeds; fails at once if `proc` (the process meant to listen) exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before listening on {host}:{port}")
+        try:
+            with socket.create_connection((host, port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listening on {host}:{port}")

@@ -9,8 +9,9 @@ import os
 import subprocess
 from pathlib import Path
 
-from tests.support.net import free_port
-from tests.support.revproxy_process import Pki, wait_for_port
+from tests.support.net import free_port, wait_for_port
+from tests.support.processes import stop_process
+from tests.support.revproxy_process import Pki
 
 
 class Pebble:
@@ -43,11 +44,5 @@ class Pebble:
         return self.log_path.read_text(errors="replace")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         self.log_file.close()

@@ -3,33 +3,23 @@
 from __future__ import annotations
 
 import os
-import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 from appliance.config import format_hostport
 from relay import stun
 from tests.support.net import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-TWISTD = str(Path(sys.executable).with_name("twistd"))
-
-
-
-
-def toml_value(value) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, str):
-        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(value, list | tuple):
-        return "[" + ", ".join(toml_value(v) for v in value) + "]"
-    raise TypeError(value)
+from tests.support.processes import (  # noqa: F401 (re-exported)
+    ROOT,
+    TWISTD,
+    stop_process,
+    toml_value,
+    twistd_command,
+    twistd_exit,
+    write_tables,
+)
 
 
 def binding_request() -> tuple[bytes, bytes]:
@@ -75,15 +65,12 @@ class RelayProcess:
         }
         users = relay_table.pop("users", {"alice": "secret"})
         table.update(relay_table)
-        lines = ["[relay]"] + [f"{k} = {toml_value(v)}" for k, v in table.items() if v is not None]
-        lines += ["", "[relay.users]"] + [f"{toml_value(u)} = {toml_value(p)}" for u, p in users.items()]
-        self.config_path.write_text("\n".join(lines) + "\n")
+        write_tables(self.config_path, {"relay": table, "relay.users": users})
         self.process: subprocess.Popen | None = None
 
     def start(self, extra_args: tuple[str, ...] = ()) -> RelayProcess:
         self.process = subprocess.Popen(
-            [TWISTD, "-n", "--pidfile=", "--logfile", str(self.log_path), "relay",
-             "--config", str(self.config_path), *extra_args],
+            twistd_command("relay", self.config_path, *extra_args, logfile=self.log_path),
             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         )
         deadline = time.monotonic() + 15
@@ -103,25 +90,11 @@ class RelayProcess:
         self.process.send_signal(signum)
 
     def stop(self) -> int:
-        """SIGTERM and wait; 0 for a clean shutdown.
-
-        twistd re-raises the signal that stopped its reactor so its exit status reports it: a process that
-        logged "Server Shut Down." and died of SIGTERM stopped cleanly.
-        """
+        """SIGTERM and wait; 0 for a clean shutdown (see `twistd_exit`)."""
         if self.process is None:
             return 0
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-                raise
-        code = self.process.returncode
-        if code == -signal.SIGTERM and "Server Shut Down." in self.log():
-            return 0
-        return code
+        stop_process(self.process, 10, raise_on_timeout=True)
+        return twistd_exit(self.process, self.log())
 
     @property
     def address(self) -> tuple[str, int]:

@@ -14,7 +14,6 @@ import http.client
 import ipaddress
 import json
 import os
-import signal
 import socket
 import ssl
 import subprocess
@@ -24,31 +23,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.support.net import free_port
-
-ROOT = Path(__file__).resolve().parents[2]
-VENV_BIN = ROOT / ".venv" / "bin"
-PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
-TWISTD = str(VENV_BIN / "twistd")
-
-
-# -- ports --------------------------------------------------------------------------------------------------------
-
-
-def wait_for_port(host: str, port: int, timeout: float = 10.0, proc: subprocess.Popen | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before listening on {host}:{port}")
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listening on {host}:{port}")
+from tests.support.net import free_port, wait_for_port
+from tests.support.processes import (  # noqa: F401 (re-exported)
+    PYTHON,
+    ROOT,
+    TWISTD,
+    VENV_BIN,
+    run_until_exit,
+    stop_process,
+    toml_value,
+    twistd_command,
+    write_tables,
+)
 
 
-# -- PKI ----------------------------------------------------------------------------------------------------------
 def _pki_imports() -> Any:
     from cryptography import x509
     from cryptography.hazmat.primitives import hashes, serialization
@@ -158,23 +146,8 @@ def self_signed_node_cert(where: Path, name: str, host: str) -> tuple[Path, Path
 
 
 # -- config and the real twistd process ---------------------------------------------------------------------------
-def toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, list | tuple):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{json.dumps(k)} = {toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(v)
-
-
 def write_config(path: Path, table: dict[str, Any]) -> Path:
-    path.write_text("[revproxy]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in table.items()))
-    return path
+    return write_tables(path, {"revproxy": table})
 
 
 class ProxyProcess:
@@ -185,9 +158,8 @@ class ProxyProcess:
         self.port = https_port
         self.log_path = config_path.with_suffix(".log")
         self.log_file = open(self.log_path, "wb")  # noqa: SIM115 (closed in stop)
-        self.proc = subprocess.Popen([TWISTD, "-n", "--pidfile=", "revproxy", "--config", str(config_path),
-                                      *extra_args], cwd=str(config_path.parent), stdout=self.log_file,
-                                     stderr=subprocess.STDOUT)
+        self.proc = subprocess.Popen(twistd_command("revproxy", config_path, *extra_args),
+                                     cwd=str(config_path.parent), stdout=self.log_file, stderr=subprocess.STDOUT)
         wait_for_port("127.0.0.1", https_port, 15, self.proc)
 
     def log(self) -> str:
@@ -204,20 +176,13 @@ class ProxyProcess:
             time.sleep(0.05)
 
     def stop(self, timeout: float = 15.0) -> int:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        code = stop_process(self.proc, timeout)
         self.log_file.close()
-        return self.proc.returncode
+        return code
 
 
 def run_twistd(config_path: Path, *args: str, timeout: float = 20.0) -> subprocess.CompletedProcess:
-    return subprocess.run([TWISTD, "-n", "--pidfile=", "revproxy", "--config", str(config_path), *args],
-                          cwd=str(config_path.parent), capture_output=True, text=True, timeout=timeout)
+    return run_until_exit("revproxy", config_path, *args, timeout=timeout)
 
 
 # -- clients ------------------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.support.net import free_port
-from tests.support.revproxy_process import wait_for_port
+from tests.support.net import free_port, wait_for_port
+from tests.support.processes import stop_process
 
 SUFFIX = "dc=example,dc=com"
 GROUP = f"cn=pexip-users,ou=groups,{SUFFIX}"
@@ -119,13 +119,7 @@ class Slapd:
             wait_for_port("127.0.0.1", self.tls_port, 15, self.proc)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc)
         deadline = time.monotonic() + 5
         while (self.where / "slapd.pid").exists() and time.monotonic() < deadline:
             time.sleep(0.05)
