@@ -5,15 +5,12 @@ s_client), renews it when told the renewal window is open, and keeps the last go
 from __future__ import annotations
 
 import http.client
-import os
 import signal
 import subprocess
 import time
 from pathlib import Path
 
-import tomlkit
-
-from tests.support.operated_appliance import OperatedAppliance, loopback_config, port_of
+from tests.support.appliance_process import ApplianceProcess, self_signed_site
 from tests.support.pebble import Pebble
 from tests.support.revproxy_process import VENV_BIN, Pki
 
@@ -53,16 +50,15 @@ def metric(port: int, name: str) -> float:
 
 def test_certificate_obtained_served_renewed_and_kept_when_the_server_is_gone(tmp_path: Path):
     pki = Pki(tmp_path)
-    config, tables = loopback_config(tmp_path)
-    http_port, https_port = port_of(tables["revproxy"]["http"]), port_of(tables["revproxy"]["https"])
-    management = port_of(tables["management"]["listen"])
-    pebble = Pebble(tmp_path, pki, http_port)
+    app = ApplianceProcess(tmp_path, revproxy=self_signed_site(tmp_path), http=True, pidfile=True)
+    config, https_port, management = app.config_path, app.https_port, app.management_port
+    pebble = Pebble(tmp_path, pki, app.http_port)
     state = tmp_path / "acme"
-    tables["revproxy"]["acme"] = {"directory": pebble.directory, "email": "ops@example.com",
-                                  "ca_file": str(pki.root), "state_dir": str(state), "check_interval": 1}
-    config.write_text(tomlkit.dumps(tables))
-    app = OperatedAppliance(tmp_path, config, https_port)
+    app.proxy_table["acme"] = {"directory": pebble.directory, "email": "ops@example.com",
+                               "ca_file": str(pki.root), "state_dir": str(state), "check_interval": 1}
+    app.write()
     try:
+        app.start()
         wait_for(lambda: served(https_port)[0].startswith("CN = Pebble Intermediate"), 30,
                  "a certificate from pebble served", app.log)
         first = served(https_port)[1]
@@ -84,9 +80,9 @@ def test_certificate_obtained_served_renewed_and_kept_when_the_server_is_gone(tm
         assert app.log().count("acme: installed a certificate") == 1
 
         # The renewal window opens (as it would 30 days before expiry): a new certificate is obtained and served.
-        tables["revproxy"]["acme"]["renew_days"] = 3650
-        config.write_text(tomlkit.dumps(tables))
-        os.kill(int(app.pidfile.read_text()), signal.SIGHUP)
+        app.proxy_table["acme"]["renew_days"] = 3650
+        app.write()
+        app.signal(signal.SIGHUP)
         wait_for(lambda: served(https_port)[1] not in ("", first), 30, "a renewed certificate served", app.log)
         assert "it expires in" in app.log()
 

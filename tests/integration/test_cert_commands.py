@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import dsa
 
 from tests.support import revproxy_process as rp
-from tests.support.operated_appliance import OperatedAppliance, loopback_config, port_of
+from tests.support.appliance_process import ApplianceProcess, self_signed_site
 from tests.support.revproxy_process import VENV_BIN, Pki
 
 RPTURN = str(VENV_BIN / "rpturn")
@@ -45,9 +45,8 @@ class Site:
     def __init__(self, where: Path) -> None:
         self.where = where
         self.pki = Pki(where)
-        self.config, tables = loopback_config(where)
-        self.port = port_of(tables["revproxy"]["https"])
-        self.app = OperatedAppliance(where, self.config, self.port)
+        self.app = ApplianceProcess(where, revproxy=self_signed_site(where), http=True, pidfile=True).start()
+        self.config, self.port = self.app.config_path, self.app.https_port
         self.target = where / "certificate.pem"
 
     def cert(self, *args: str, timeout: float = 4.0) -> subprocess.CompletedProcess:
@@ -159,7 +158,7 @@ def test_rollback_swaps_with_the_previous_bundle_and_back(site):
 
 def test_install_when_the_appliance_is_not_running_says_so(tmp_path):
     pki = Pki(tmp_path)
-    config, _ = loopback_config(tmp_path)
+    config = ApplianceProcess(tmp_path, revproxy=self_signed_site(tmp_path), http=True).config_path
     cert, key = pki.issue(("localhost",))
     bundle = pki.write("b.pem", cert, key, pki.intermediate_pem)
     result = subprocess.run([RPTURN, "cert", "install", str(bundle), "--config", str(config), "--pidfile",

@@ -5,15 +5,12 @@ slapd down (503, never a pass), failed binds counting toward the PIN guard, and 
 from __future__ import annotations
 
 import base64
-import os
-import signal
 import socket
 import time
 
 import pytest
-import tomlkit
 
-from tests.support.operated_appliance import OperatedAppliance, loopback_config, port_of
+from tests.support.appliance_process import ApplianceProcess, self_signed_site
 from tests.support.revproxy_process import Nodes, Pki, request
 from tests.support.slapd import GROUP, PEOPLE, Slapd
 
@@ -31,27 +28,25 @@ def site(tmp_path_factory):
     pki = Pki(where)
     slapd = Slapd(where / "slapd")
     nodes = Nodes(where, names=("a",))
-    config, tables = loopback_config(
-        where, certificate=str(pki.bundle), nodes=nodes.addresses(),
-        pin_guard={"enabled": True, "max_failures": 3, "window": 60, "ban": 60},
-        ldap={"url": slapd.url, "user_dn_template": f"uid={{user}},{PEOPLE}", "group": GROUP, "cache_ttl": 60,
-              "timeout": 2})
-    port = port_of(tables["revproxy"]["https"])
-    app = OperatedAppliance(where, config, port)
-    yield app, pki, port, slapd, config, tables
+    app = ApplianceProcess(where, revproxy={
+        **self_signed_site(where), "certificate": str(pki.bundle), "nodes": nodes.addresses(),
+        "pin_guard": {"enabled": True, "max_failures": 3, "window": 60, "ban": 60},
+        "ldap": {"url": slapd.url, "user_dn_template": f"uid={{user}},{PEOPLE}", "group": GROUP, "cache_ttl": 60,
+                 "timeout": 2}}).start()
+    yield app, pki, app.https_port, slapd
     app.stop()
     nodes.close()
     slapd.stop()
 
 
 def test_good_user_passes_and_the_node_answers(site):
-    _, pki, port, _, _, _ = site
+    _, pki, port, _ = site
     reply = request(pki, port, "GET", API, headers=basic("alice", "alice-pw"))
     assert reply.status == 200 and reply.json()["node"] == "a"
 
 
 def test_no_credentials_get_a_basic_challenge_and_other_paths_are_open(site):
-    _, pki, port, _, _, _ = site
+    _, pki, port, _ = site
     reply = request(pki, port, "GET", API)
     assert reply.status == 401
     assert reply.headers["WWW-Authenticate"] == 'Basic realm="rpturn", charset="UTF-8"'
@@ -61,7 +56,7 @@ def test_no_credentials_get_a_basic_challenge_and_other_paths_are_open(site):
 
 
 def test_wrong_password_unknown_user_and_not_in_group(site):
-    _, pki, port, _, _, _ = site
+    _, pki, port, _ = site
     assert request(pki, port, "GET", API, headers=basic("alice", "wrong"), source="127.0.0.11").status == 401
     assert request(pki, port, "GET", API, headers=basic("mallory", "x"), source="127.0.0.12").status == 401
     reply = request(pki, port, "GET", API, headers=basic("bob", "bob-pw"))
@@ -70,7 +65,7 @@ def test_wrong_password_unknown_user_and_not_in_group(site):
 
 
 def test_failed_binds_count_toward_the_pin_guard(site):
-    _, pki, port, _, _, _ = site
+    _, pki, port, _ = site
     source = "127.0.0.21"
     for _ in range(3):
         assert request(pki, port, "GET", API, headers=basic("alice", "guess"), source=source).status == 401
@@ -82,7 +77,7 @@ def test_failed_binds_count_toward_the_pin_guard(site):
 
 
 def test_slapd_down_gives_503_never_a_pass_and_cached_successes_hold(site):
-    app, pki, port, slapd, _, _ = site
+    app, pki, port, slapd = site
     assert request(pki, port, "GET", API, headers=basic("alice", "alice-pw")).status == 200
     slapd.stop()
     try:
@@ -97,16 +92,12 @@ def test_slapd_down_gives_503_never_a_pass_and_cached_successes_hold(site):
 
 
 def test_search_mode_with_a_service_account_after_a_reload(site):
-    app, pki, port, slapd, config, tables = site
-    tables["revproxy"]["ldap"] = {"url": slapd.url, "bind_dn": "cn=reader,dc=example,dc=com",
-                                  "bind_password": "reader-pw", "search_base": PEOPLE, "search_filter": "(uid={user})",
-                                  "group": GROUP, "timeout": 2}
-    config.write_text(tomlkit.dumps(tables))
-    os.kill(int(app.pidfile.read_text()), signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while app.log().count("reloaded ") < 1:
-        assert time.monotonic() < deadline, app.log()[-2000:]
-        time.sleep(0.1)
+    app, pki, port, slapd = site
+    app.proxy_table["ldap"] = {"url": slapd.url, "bind_dn": "cn=reader,dc=example,dc=com",
+                               "bind_password": "reader-pw", "search_base": PEOPLE, "search_filter": "(uid={user})",
+                               "group": GROUP, "timeout": 2}
+    app.write()
+    app.reload()
     assert request(pki, port, "GET", API, headers=basic("alice", "alice-pw")).status == 200
     assert request(pki, port, "GET", API, headers=basic("alice", "nope"), source="127.0.0.41").status == 401
     assert request(pki, port, "GET", API, headers=basic("nobody", "x"), source="127.0.0.42").status == 401
@@ -114,17 +105,12 @@ def test_search_mode_with_a_service_account_after_a_reload(site):
 
 
 def test_a_directory_that_accepts_but_never_answers_gives_503_after_the_timeout(site):
-    app, pki, port, _, config, tables = site
+    app, pki, port, _ = site
     with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel accepts; nothing ever answers
-        tables["revproxy"]["ldap"] = {"url": f"ldap://127.0.0.1:{silent.getsockname()[1]}",
-                                      "user_dn_template": f"uid={{user}},{PEOPLE}", "timeout": 1}
-        config.write_text(tomlkit.dumps(tables))
-        before = app.log().count("reloaded ")
-        os.kill(int(app.pidfile.read_text()), signal.SIGHUP)
-        deadline = time.monotonic() + 10
-        while app.log().count("reloaded ") <= before:
-            assert time.monotonic() < deadline, app.log()[-2000:]
-            time.sleep(0.1)
+        app.proxy_table["ldap"] = {"url": f"ldap://127.0.0.1:{silent.getsockname()[1]}",
+                                   "user_dn_template": f"uid={{user}},{PEOPLE}", "timeout": 1}
+        app.write()
+        app.reload()
         started = time.monotonic()
         reply = request(pki, port, "GET", API, headers=basic("alice", "alice-pw"))
         assert reply.status == 503 and 0.9 < time.monotonic() - started < 5
@@ -141,23 +127,18 @@ def test_ldaps_and_starttls_verify_the_directory_certificate(tmp_path):
     other = Pki(tmp_path / "other") if (tmp_path / "other").mkdir() is None else None
     ldap = {"url": slapd.tls_url, "ca_file": str(pki.root), "user_dn_template": f"uid={{user}},{PEOPLE}",
             "group": GROUP, "timeout": 2}
-    config, tables = loopback_config(tmp_path, certificate=str(pki.bundle), nodes=nodes.addresses(), ldap=ldap)
-    port = port_of(tables["revproxy"]["https"])
-    app = OperatedAppliance(tmp_path, config, port)
+    app = ApplianceProcess(tmp_path, revproxy={**self_signed_site(tmp_path), "certificate": str(pki.bundle),
+                                               "nodes": nodes.addresses(), "ldap": ldap}).start()
+    port = app.https_port
     try:
         assert request(pki, port, "GET", API, headers=basic("alice", "alice-pw")).status == 200
         assert request(pki, port, "GET", API, headers=basic("alice", "wrong")).status == 401
         assert request(pki, port, "GET", API, headers=basic("bob", "bob-pw")).status == 403
         for changed in ({"url": f"ldap://localhost:{slapd.port}", "starttls": True},  # StartTLS on the plain port
                         {"ca_file": str(other.root)}):  # a CA that did not sign the directory's certificate
-            tables["revproxy"]["ldap"] = {**ldap, **changed}
-            config.write_text(tomlkit.dumps(tables))
-            before = app.log().count("reloaded ")
-            os.kill(int(app.pidfile.read_text()), signal.SIGHUP)
-            deadline = time.monotonic() + 10
-            while app.log().count("reloaded ") <= before:
-                assert time.monotonic() < deadline, app.log()[-2000:]
-                time.sleep(0.1)
+            app.proxy_table["ldap"] = {**ldap, **changed}
+            app.write()
+            app.reload()
             expected = 200 if "starttls" in changed else 503
             assert request(pki, port, "GET", API, headers=basic("alice", "alice-pw")).status == expected, changed
         assert "certificate verify failed" in app.log()  # the 503 was the untrusted certificate

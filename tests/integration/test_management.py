@@ -26,7 +26,7 @@ from relay import stun
 from tests.support.appliance_process import ApplianceProcess
 from tests.support.net import free_port
 from tests.support.relay_process import EchoPeer, RawTurnClient, error_code, udp_binding
-from tests.support.revproxy_process import ROOT, TWISTD, Nodes, Pki, request
+from tests.support.revproxy_process import ROOT, Nodes, Pki, request
 from tests.support.tmux import Terminal
 
 RPTURN = str(ROOT / ".venv" / "bin" / "rpturn")
@@ -367,8 +367,7 @@ def test_a_management_port_in_use_is_a_one_line_start_error(tmp_path):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", app.management_port))
         taken.listen()
-        out = subprocess.run([TWISTD, "-n", "--pidfile=", "rpturn", "--config", str(app.config_path)],
-                             capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+        out = app.run_until_exit()
     assert out.returncode != 0
     lines = [line for line in (out.stdout + out.stderr).splitlines() if line.strip()]
     assert lines == [f"{app.config_path}: [management] listen: the management cannot listen on "

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from tests.support.operated_appliance import OperatedAppliance, loopback_config, port_of
+from tests.support.appliance_process import ApplianceProcess, self_signed_site
 from tests.support.revproxy_process import Nodes, Pki, request
 
 TOKEN = "/api/client/v2/conferences/meet.alice/request_token"
@@ -20,11 +20,10 @@ def appliance(tmp_path_factory):
     where = tmp_path_factory.mktemp("pinguard")
     pki = Pki(where)
     nodes = Nodes(where, names=("a",))
-    config, tables = loopback_config(where, certificate=str(pki.bundle), nodes=nodes.addresses(),
-                                     pin_guard={"enabled": True, "max_failures": 3, "window": 60, "ban": 3})
-    port = port_of(tables["revproxy"]["https"])
-    app = OperatedAppliance(where, config, port)
-    yield app, pki, port, nodes, port_of(tables["management"]["listen"])
+    guard = {"enabled": True, "max_failures": 3, "window": 60, "ban": 3}
+    app = ApplianceProcess(where, revproxy={**self_signed_site(where), "certificate": str(pki.bundle),
+                                            "nodes": nodes.addresses(), "pin_guard": guard}).start()
+    yield app, pki, app.https_port, nodes, app.management_port
     app.stop()
     nodes.close()
 
