@@ -26,11 +26,11 @@ import fcntl
 import getpass
 import os
 import sys
-import tempfile
 import tomllib
 from collections.abc import Iterator, Sequence
 from typing import NoReturn, TextIO
 
+from appliance.atomic import write_atomically
 from relay.auth import UserDbError, check_username, iter_userdb, long_term_key, read_userdb_bytes
 
 PROG = "rpturn-users"
@@ -111,38 +111,10 @@ def read_lines(path: str, *, missing_ok: bool) -> list[tuple[str, str | None]]:
     return [(text, entry.username if entry else None) for _, text, entry in iter_userdb(data, path)]
 
 
-def write_atomically(path: str, lines: Sequence[str]) -> None:
-    """Replace ``path`` with ``lines``: temp file in the same directory, fsync, rename, fsync the directory.
-
-    A symbolic link is followed: its target is replaced, the link stays.
-    """
-    path = os.path.realpath(path)
-    directory = os.path.dirname(path)
-    try:
-        old = os.stat(path)
-    except FileNotFoundError:
-        old = None
-    fd, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write("".join(line + "\n" for line in lines).encode())
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o600)
-        if old is not None and (old.st_uid, old.st_gid) != (os.geteuid(), os.getegid()):
-            # Keep the owner the relay may run as; only root can give files away, so try and carry on.
-            with contextlib.suppress(PermissionError):
-                os.chown(tmp, old.st_uid, old.st_gid)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+def write_userdb(path: str, lines: Sequence[str]) -> None:
+    """Replace ``path`` with ``lines`` as appliance.atomic does (never half a file; a symbolic link's target is
+    replaced; the owner kept where we may), mode 0600 from the start: the file holds keys."""
+    write_atomically(path, "".join(line + "\n" for line in lines).encode(), mode=0o600)
 
 
 def key_line(username: str, realm: str, password: str) -> str:
@@ -193,7 +165,7 @@ def cmd_add(args: argparse.Namespace, userdb: str, realm: str | None, out: TextI
             fail(f"user {args.user!r} already exists in {userdb}; use 'passwd' to change the password")
         password = read_password(args.user, args.password, sys.stdin)
         texts = [text for text, _ in lines] or [NEW_FILE_HEADER]
-        write_atomically(userdb, [*texts, key_line(args.user, realm, password)])
+        write_userdb(userdb, [*texts, key_line(args.user, realm, password)])
     print(f"added user {args.user} to {userdb} (realm {realm}); reload the relay (SIGHUP) to apply", file=out)
 
 
@@ -207,7 +179,7 @@ def cmd_passwd(args: argparse.Namespace, userdb: str, realm: str | None, out: Te
         password = read_password(args.user, args.password, sys.stdin)
         texts = [text for text, _ in lines]
         texts[index] = key_line(args.user, realm, password)
-        write_atomically(userdb, texts)
+        write_userdb(userdb, texts)
     print(f"changed the password of {args.user} in {userdb} (realm {realm}); reload the relay (SIGHUP) to apply",
           file=out)
 
@@ -218,7 +190,7 @@ def cmd_delete(args: argparse.Namespace, userdb: str, realm: str | None, out: Te
         index = index_of(lines, args.user)
         if index is None:
             fail(f"no user {args.user!r} in {userdb}")
-        write_atomically(userdb, [text for i, (text, _) in enumerate(lines) if i != index])
+        write_userdb(userdb, [text for i, (text, _) in enumerate(lines) if i != index])
     print(f"deleted user {args.user} from {userdb}; reload the relay (SIGHUP) to apply", file=out)
 
 
