@@ -7,19 +7,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from revproxy.pin_guard import PinGuard, PinGuardSettings, Verdict
+from tests.support.clock import FakeClock
 from tests.support.strategies import scaled
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def guard(**settings) -> tuple[PinGuard, Clock]:
-    clock = Clock()
+def guard(**settings) -> tuple[PinGuard, FakeClock]:
+    clock = FakeClock(1000.0)
     return PinGuard(PinGuardSettings(enabled=True, **settings), clock), clock
 
 

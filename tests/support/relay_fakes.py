@@ -21,6 +21,7 @@ from relay.dispatch import TurnServer
 from relay.policy import PeerPolicy
 from relay.ports import PortPool
 from relay.stun import Attr, Message, MessageClass, Method, encode, long_term_key, parse
+from tests.support.clock import FakeClock
 
 Address = tuple[str, int]
 
@@ -28,19 +29,6 @@ REALM = "example.org"
 USERS = {"alice": "alice-secret", "bob": "bob-secret", "carol": "carol-secret"}
 SERVER = ("127.0.0.1", 3478)
 RELAY_IP = "127.0.0.1"
-
-
-class FakeClock:
-    """A clock that moves only when told to."""
-
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 class FakeRelayTransport:

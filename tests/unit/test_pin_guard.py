@@ -6,18 +6,11 @@ from __future__ import annotations
 import pytest
 
 from revproxy.pin_guard import PinGuard, PinGuardSettings, Verdict, is_guarded, settings_from_table
+from tests.support.clock import FakeClock
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def guard(**settings) -> tuple[PinGuard, Clock]:
-    clock = Clock()
+def guard(**settings) -> tuple[PinGuard, FakeClock]:
+    clock = FakeClock(1000.0)
     return PinGuard(PinGuardSettings(enabled=True, **settings), clock), clock
 
 

@@ -3,14 +3,7 @@
 from collections import Counter
 
 from revproxy.balancer import Balancer, Node
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
+from tests.support.clock import FakeClock
 
 
 def nodes(*weights: int) -> list[Node]:
@@ -43,7 +36,7 @@ def test_client_ip_affinity_keeps_a_client_on_its_node():
 
 
 def test_client_ip_affinity_moves_only_when_its_node_is_down():
-    clock = Clock()
+    clock = FakeClock(100.0)
     balancer = Balancer(nodes(1, 1, 1), balance="client_ip", clock=clock)
     before = {f"203.0.113.{i}": balancer.plan(f"203.0.113.{i}")[0] for i in range(50)}
     down = balancer.nodes[0]
@@ -54,7 +47,7 @@ def test_client_ip_affinity_moves_only_when_its_node_is_down():
 
 
 def test_failed_node_is_skipped_for_fail_timeout_then_probed():
-    clock = Clock()
+    clock = FakeClock(100.0)
     balancer = Balancer(nodes(1, 1), fail_timeout=10, clock=clock)
     balancer.mark_failed(balancer.nodes[0])
     assert [n.key for n in balancer.plan("x")] == ["n1:443"]
@@ -63,14 +56,14 @@ def test_failed_node_is_skipped_for_fail_timeout_then_probed():
 
 
 def test_all_down_gives_an_empty_plan():
-    balancer = Balancer(nodes(1, 1), clock=Clock())
+    balancer = Balancer(nodes(1, 1), clock=FakeClock(100.0))
     for n in balancer.nodes:
         balancer.mark_failed(n)
     assert balancer.plan("x") == []
 
 
 def test_health_check_marks_down_and_up():
-    balancer = Balancer(nodes(1, 1), clock=Clock())
+    balancer = Balancer(nodes(1, 1), clock=FakeClock(100.0))
     balancer.set_health(balancer.nodes[1], False)
     assert [n.key for n in balancer.plan("x")] == ["n0:443"]
     balancer.set_health(balancer.nodes[1], True)
@@ -78,7 +71,7 @@ def test_health_check_marks_down_and_up():
 
 
 def test_replace_keeps_state_of_nodes_that_stay():
-    clock = Clock()
+    clock = FakeClock(100.0)
     balancer = Balancer(nodes(1, 1), clock=clock)
     kept = balancer.nodes[1]
     balancer.mark_failed(kept)
