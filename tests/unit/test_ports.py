@@ -45,22 +45,17 @@ def test_acquire_pair_is_none_when_no_even_odd_pair_is_free():
     assert pool.free_count == 2
 
 
-def test_acquire_pair_finds_the_only_free_pair():
+@pytest.mark.parametrize(("released", "pair"), [
+    pytest.param((50514, 50515), (50514, 50515), id="finds_the_only_free_even_odd_pair"),
+    pytest.param((50515, 50516), None, id="ignores_an_odd_even_pair"),
+])
+def test_acquire_pair_in_a_full_pool_with_two_ports_released(released, pair):
     pool = PortPool(50000, 50999, random.Random(6))
     for _ in range(1000):
         pool.acquire()
-    pool.release(50514)
-    pool.release(50515)
-    assert pool.acquire_pair() == (50514, 50515)
-
-
-def test_acquire_pair_ignores_an_odd_even_pair():
-    pool = PortPool(50000, 50999, random.Random(6))
-    for _ in range(1000):
-        pool.acquire()
-    pool.release(50515)
-    pool.release(50516)
-    assert pool.acquire_pair() is None
+    for port in released:
+        pool.release(port)
+    assert pool.acquire_pair() == pair
 
 
 def test_released_port_can_be_acquired_again():

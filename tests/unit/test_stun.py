@@ -96,27 +96,23 @@ def test_rfc5769_ipv4_response_decodes_xor_mapped_address():
     assert message.get(Attr.SOFTWARE) == "test vector"
 
 
-def test_rfc5769_ipv4_response_integrity_verifies():
-    assert check_integrity(parse(vectors.RESPONSE_IPV4), SHORT_TERM_KEY)
+RESPONSES = [pytest.param(vectors.RESPONSE_IPV4, id="ipv4"), pytest.param(vectors.RESPONSE_IPV6, id="ipv6")]
 
 
-def test_rfc5769_ipv4_response_reencodes_byte_for_byte():
-    message = without_integrity(parse(vectors.RESPONSE_IPV4))
-    assert encode(message, integrity_key=SHORT_TERM_KEY, fingerprint=True, padding=b" ") == vectors.RESPONSE_IPV4
+@pytest.mark.parametrize("vector", RESPONSES)
+def test_rfc5769_response_integrity_verifies(vector):
+    assert check_integrity(parse(vector), SHORT_TERM_KEY)
+
+
+@pytest.mark.parametrize("vector", RESPONSES)
+def test_rfc5769_response_reencodes_byte_for_byte(vector):
+    message = without_integrity(parse(vector))
+    assert encode(message, integrity_key=SHORT_TERM_KEY, fingerprint=True, padding=b" ") == vector
 
 
 def test_rfc5769_ipv6_response_decodes_xor_mapped_address():
     message = parse(vectors.RESPONSE_IPV6)
     assert message.get(Attr.XOR_MAPPED_ADDRESS) == ("2001:db8:1234:5678:11:2233:4455:6677", 32853)
-
-
-def test_rfc5769_ipv6_response_integrity_verifies():
-    assert check_integrity(parse(vectors.RESPONSE_IPV6), SHORT_TERM_KEY)
-
-
-def test_rfc5769_ipv6_response_reencodes_byte_for_byte():
-    message = without_integrity(parse(vectors.RESPONSE_IPV6))
-    assert encode(message, integrity_key=SHORT_TERM_KEY, fingerprint=True, padding=b" ") == vectors.RESPONSE_IPV6
 
 
 def test_rfc5769_long_term_request_parses_username_nonce_realm():
