@@ -72,22 +72,17 @@ def test_nonce_is_stale_once_its_lifetime_has_passed():
     assert issuer.check(nonce, "192.0.2.1", now=100000.0) is NonceStatus.STALE
 
 
-def test_nonce_from_the_future_is_stale_so_the_client_gets_a_fresh_one():
+@pytest.mark.parametrize(("issued_to", "checked_for", "checked_at", "status"), [
+    pytest.param("192.0.2.1", "192.0.2.1", 999.0, NonceStatus.STALE,
+                 id="from_the_future_is_stale_so_the_client_gets_a_fresh_one"),
+    pytest.param("192.0.2.1", "192.0.2.2", 1000.0, NonceStatus.INVALID, id="issued_to_another_client_ip_is_invalid"),
+    pytest.param("::ffff:192.0.2.1", "192.0.2.1", 1000.0, NonceStatus.VALID,
+                 id="ipv4_mapped_spelling_of_the_client_ip_is_the_same_client"),
+])
+def test_nonce_checked(issued_to, checked_for, checked_at, status):
     issuer = NonceIssuer(SECRET)
-    nonce = issuer.issue("192.0.2.1", now=1000.0)
-    assert issuer.check(nonce, "192.0.2.1", now=999.0) is NonceStatus.STALE
-
-
-def test_nonce_issued_to_another_client_ip_is_invalid():
-    issuer = NonceIssuer(SECRET)
-    nonce = issuer.issue("192.0.2.1", now=1000.0)
-    assert issuer.check(nonce, "192.0.2.2", now=1000.0) is NonceStatus.INVALID
-
-
-def test_ipv4_mapped_spelling_of_the_client_ip_is_the_same_client():
-    issuer = NonceIssuer(SECRET)
-    nonce = issuer.issue("::ffff:192.0.2.1", now=1000.0)
-    assert issuer.check(nonce, "192.0.2.1", now=1000.0) is NonceStatus.VALID
+    nonce = issuer.issue(issued_to, now=1000.0)
+    assert issuer.check(nonce, checked_for, now=checked_at) is status
 
 
 def test_nonce_from_another_secret_is_invalid():
@@ -238,23 +233,18 @@ def test_reload_drops_deleted_users(tmp_path):
     assert store.key_for("bob") is None
 
 
-def test_reload_of_a_bad_file_keeps_the_old_users_and_raises(tmp_path):
+@pytest.mark.parametrize(("spoil", "error"), [
+    pytest.param(lambda path: path.write_text("alice:one\nbroken line\n"), "{path}:2:", id="bad_file"),
+    pytest.param(lambda path: path.unlink(), "cannot read", id="vanished_file"),
+])
+def test_reload_that_fails_keeps_the_old_users_and_raises(tmp_path, spoil, error):
     path = write(tmp_path, "alice:one\n")
     store = CredentialStore(REALM, {"inline": "pw"}, userdb=path)
-    write(tmp_path, "alice:one\nbroken line\n")
-    with pytest.raises(UserDbError, match=re.escape(f"{path}:2:")):
+    spoil(tmp_path / "turnuserdb.conf")
+    with pytest.raises(UserDbError, match=re.escape(error.format(path=path))):
         store.reload()
     assert store.key_for("alice") == md5(f"alice:{REALM}:one")
     assert store.key_for("inline") == md5(f"inline:{REALM}:pw")
-
-
-def test_reload_of_a_vanished_file_keeps_the_old_users_and_raises(tmp_path):
-    path = write(tmp_path, "alice:one\n")
-    store = CredentialStore(REALM, userdb=path)
-    (tmp_path / "turnuserdb.conf").unlink()
-    with pytest.raises(UserDbError, match="cannot read"):
-        store.reload()
-    assert store.key_for("alice") == md5(f"alice:{REALM}:one")
 
 
 def test_shipped_example_userdb_parses_and_holds_the_documented_user():
