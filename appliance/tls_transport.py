@@ -66,6 +66,7 @@ class TLSConnection(Protocol):
         self.wrapped = wrapped
         self.handshake_listener = IHandshakeListener.providedBy(wrapped)
         self.sslobj: ssl.SSLObject | None = None
+        self.tls: Any = None  # what reads and writes records: the C object under `sslobj` (see connectionMade)
         self.incoming: ssl.MemoryBIO | None = None
         self.outgoing: ssl.MemoryBIO | None = None
         self.handshaken = False
@@ -81,6 +82,9 @@ class TLSConnection(Protocol):
     def connectionMade(self) -> None:
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.sslobj = self.creator.wrap(self.incoming, self.outgoing)
+        # ssl.SSLObject's read, write and pending are one-line Python wrappers around the same methods of the C
+        # object it holds (same arguments, same exceptions): per request that is 6 Python calls saved.
+        self.tls = getattr(self.sslobj, "_sslobj", self.sslobj)
         self.connected = True
         self.tickets_expected = not self.sslobj.server_side
         self.wrapped.makeConnection(self)
@@ -120,7 +124,7 @@ class TLSConnection(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self.tls_done:
             return
-        incoming, sslobj = self.incoming, self.sslobj
+        incoming, tls = self.incoming, self.tls
         incoming.write(data)  # type: ignore[union-attr]
         if not self.handshaken:
             self._handshake()
@@ -129,9 +133,9 @@ class TLSConnection(Protocol):
         pieces = []
         # Read while the BIO or OpenSSL holds bytes: a complete record never ends in SSLWantReadError, only a
         # partial one at the end of a TCP read does.
-        while incoming.pending or sslobj.pending():  # type: ignore[union-attr]
+        while incoming.pending or tls.pending():  # type: ignore[union-attr]
             try:
-                piece = sslobj.read(_READ)  # type: ignore[union-attr]
+                piece = tls.read(_READ)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLZeroReturnError:  # the peer's close_notify: answer it and close
@@ -144,9 +148,10 @@ class TLSConnection(Protocol):
                 return
             if piece:
                 pieces.append(piece)
-        self._deliver(pieces)
-        if self.tls_done:
-            return
+        if pieces:  # (the wrapped protocol may end the connection: tls_done is looked at after)
+            self.wrapped.dataReceived(pieces[0] if len(pieces) == 1 else b"".join(pieces))
+            if self.tls_done:
+                return
         if self.tickets_expected:
             # OpenSSL 3.0 sets up a 16 KiB write buffer to read a TLS 1.3 NewSessionTicket and frees it only after
             # the next write: a node's tickets, arriving after our request, would keep it for the life of an
@@ -155,7 +160,7 @@ class TLSConnection(Protocol):
             if pieces:
                 self.tickets_expected = False
             try:
-                sslobj.write(b"")  # type: ignore[union-attr]
+                tls.write(b"")
             except ssl.SSLError:
                 self._tls_failed(Failure())
                 return
@@ -170,7 +175,7 @@ class TLSConnection(Protocol):
         self.tls_done = True
         self.connected = False
         reason, self.reason = self.reason or reason, None
-        self.sslobj = self.incoming = self.outgoing = None
+        self.sslobj = self.tls = self.incoming = self.outgoing = None
         self.held = []
         self.wrapped.connectionLost(reason)
 
@@ -204,11 +209,16 @@ class TLSConnection(Protocol):
                 self.held_producer = True
                 producer.pauseProducing()
             return
-        self._encrypt(data)
+        try:  # (_encrypt, inlined: one call less per response)
+            self.tls.write(data)
+        except ssl.SSLError:
+            self._tls_failed(Failure())
+            return
+        _send_now(self.transport, self.outgoing.read())  # type: ignore[union-attr]
 
     def _encrypt(self, data: bytes) -> None:
         try:
-            self.sslobj.write(data)  # type: ignore[union-attr]
+            self.tls.write(data)
         except ssl.SSLError:
             self._tls_failed(Failure())
             return
