@@ -49,62 +49,47 @@ def rejected(term: Terminal, reason: str, count: int) -> None:
     assert reason in screen.split("not accepted")[count], screen
 
 
+def refused(term: Terminal, wrong: str, reason: str, count: int, then: str) -> None:
+    """Answer `wrong`, see it refused for `reason` (the `count`-th refusal so far), then answer `then`."""
+    term.send(wrong)
+    rejected(term, reason, count)
+    term.send(then)
+
+
 def test_wizard_in_a_terminal_every_question_wrong_answers_then_rerun(tmp_path):
     config = base_config(tmp_path)
     original = config.read_text()
     management = f"127.0.0.1:{free_port()}"
     with Terminal([RPTURN, "setup", "--config", str(config)], cwd=str(tmp_path)) as term:
         term.expect(r"Hostname of this appliance \(FQDN\): ")
-        term.send("meet")
-        rejected(term, "not fully qualified", 1)
-        term.send("meet.example.com")
+        refused(term, "meet", "not fully qualified", 1, then="meet.example.com")
         term.expect("Enter on the first line keeps: 10.40.0.10:443, 10.40.0.11:443")
         term.expect("node 1: ")
-        term.send("bad node!")
-        rejected(term, "'bad node!'", 2)  # the reason names the refused input
-        term.send("10.0.0.1")
+        refused(term, "bad node!", "'bad node!'", 2, then="10.0.0.1")  # the reason names the refused input
         term.expect("node 2: ")
-        term.send("10.0.0.1")
-        rejected(term, "already listed", 3)
-        term.send("10.0.0.2:8443")
+        refused(term, "10.0.0.1", "already listed", 3, then="10.0.0.2:8443")
         term.expect("node 3: ")
         term.send("")
         term.expect(r"TURN mode \[restricted\]: ")
-        term.send("open")
-        rejected(term, "expected restricted, client or disabled", 4)
-        term.send("restricted")
+        refused(term, "open", "expected restricted, client or disabled", 4, then="restricted")
         term.expect(r"TURN username \(the nodes' TURN credentials\) \[pexip\]: ")
-        term.send("bad:name")
-        rejected(term, "cannot contain ':'", 5)
-        term.send("nodeuser")
+        refused(term, "bad:name", "cannot contain ':'", 5, then="nodeuser")
         term.expect(r"TURN password for nodeuser .*Enter: generate one\): ")
-        term.send("short")
-        rejected(term, "at least 8 characters", 6)
-        term.send(PASSWORD)
+        refused(term, "short", "at least 8 characters", 6, then=PASSWORD)
         term.expect("Again: ")
-        term.send("different-one")
-        rejected(term, "the two passwords differ", 7)
-        term.send(PASSWORD)
+        refused(term, "different-one", "the two passwords differ", 7, then=PASSWORD)
         term.expect("Again: ", count=2)
         term.send(PASSWORD)
         term.expect(r"TURN on the HTTPS port too .*\[no\]: ")
-        term.send("maybe")
-        rejected(term, "expected yes or no", 8)
-        term.send("yes")
+        refused(term, "maybe", "expected yes or no", 8, then="yes")
         term.expect(r"Management listener .*\[127\.0\.0\.1:9641\]: ")
-        term.send("localhost:9641")
-        rejected(term, "not an IP address", 9)
-        term.send(management)
+        refused(term, "localhost:9641", "not an IP address", 9, then=management)
         term.expect(r"PIN guard: .*\[yes\]: ")
-        term.send("perhaps")
-        rejected(term, "expected yes or no", 10)
-        term.send("")
+        refused(term, "perhaps", "expected yes or no", 10, then="")
         screen = term.expect(r"Write this configuration\? yes / no \(ask again\) / quit \[yes\]: ")
         assert "TURN clients         10.0.0.1/32, 10.0.0.2/32" in screen
         assert "password new, as typed" in screen
-        term.send("whatever")
-        rejected(term, "expected yes, no or quit", 11)
-        term.send("no")  # go through again: every answer given is now the default
+        refused(term, "whatever", "expected yes, no or quit", 11, then="no")  # again: every answer is now the default
         term.expect(r"Hostname of this appliance \(FQDN\) \[meet\.example\.com\]: ")
         term.send("")
         term.expect("Enter on the first line keeps: 10.0.0.1:443, 10.0.0.2:8443")
