@@ -158,28 +158,19 @@ def test_permission_towards_a_denied_peer_gets_403(client, peer):
     assert error_code(response) == 403
 
 
-def test_channel_bind_towards_a_denied_peer_gets_403(client):
+@pytest.mark.parametrize(("method", "attributes", "code"), [
+    pytest.param(Method.CHANNEL_BIND, [(Attr.CHANNEL_NUMBER, 0x4001), (Attr.XOR_PEER_ADDRESS, ("172.16.0.5", 5000))],
+                 403, id="channel_bind_towards_a_denied_peer_gets_403"),
+    pytest.param(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 5000)),
+                                            (Attr.XOR_PEER_ADDRESS, ("10.1.2.3", 5000))],
+                 403, id="permission_with_one_denied_peer_among_several_gets_403"),
+    pytest.param(Method.CHANNEL_BIND, [(Attr.CHANNEL_NUMBER, 0x3FFF), (Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 5000))],
+                 400, id="channel_number_out_of_range_gets_400"),
+])
+def test_refused_request_after_an_allocation(client, method, attributes, code):
     turn = client()
     assert error_code(turn.allocate()) is None
-    response = turn.request(Method.CHANNEL_BIND, [(Attr.CHANNEL_NUMBER, 0x4001),
-                                                  (Attr.XOR_PEER_ADDRESS, ("172.16.0.5", 5000))])
-    assert error_code(response) == 403
-
-
-def test_permission_with_one_denied_peer_among_several_gets_403(client):
-    turn = client()
-    assert error_code(turn.allocate()) is None
-    response = turn.request(Method.CREATE_PERMISSION, [(Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 5000)),
-                                                       (Attr.XOR_PEER_ADDRESS, ("10.1.2.3", 5000))])
-    assert error_code(response) == 403
-
-
-def test_channel_number_out_of_range_gets_400(client):
-    turn = client()
-    assert error_code(turn.allocate()) is None
-    response = turn.request(Method.CHANNEL_BIND, [(Attr.CHANNEL_NUMBER, 0x3FFF),
-                                                  (Attr.XOR_PEER_ADDRESS, ("127.0.0.1", 5000))])
-    assert error_code(response) == 400
+    assert error_code(turn.request(method, attributes)) == code
 
 
 def test_channel_already_bound_to_another_peer_gets_400(client):

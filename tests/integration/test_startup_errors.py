@@ -76,19 +76,16 @@ PROXY_CASES = {
 }
 
 
-@pytest.mark.parametrize("plugin", ["relay", "rpturn"])
-@pytest.mark.parametrize("case", sorted(RELAY_CASES))
-def test_relay_start_error_is_one_line(tmp_path, plugin, case):
-    change, expected = RELAY_CASES[case]
-    path, _ = write_config(tmp_path, relay=change(tmp_path))
-    assert_one_line(run(plugin, path), f"{path}: " + expected.format(t=tmp_path))
+# (table, its cases, the plugins that read that table): each bad value under each plugin, named table-plugin-case
+START_ERRORS = [pytest.param(table, plugin, change, expected, id=f"{table}-{plugin}-{case}")
+                for table, cases, plugins in (("relay", RELAY_CASES, ("relay", "rpturn")),
+                                              ("revproxy", PROXY_CASES, ("revproxy", "rpturn")))
+                for case, (change, expected) in sorted(cases.items()) for plugin in plugins]
 
 
-@pytest.mark.parametrize("plugin", ["revproxy", "rpturn"])
-@pytest.mark.parametrize("case", sorted(PROXY_CASES))
-def test_proxy_start_error_is_one_line(tmp_path, plugin, case):
-    change, expected = PROXY_CASES[case]
-    path, _ = write_config(tmp_path, revproxy=change(tmp_path))
+@pytest.mark.parametrize(("table", "plugin", "change", "expected"), START_ERRORS)
+def test_start_error_is_one_line(tmp_path, table, plugin, change, expected):
+    path, _ = write_config(tmp_path, **{table: change(tmp_path)})
     assert_one_line(run(plugin, path), f"{path}: " + expected.format(t=tmp_path))
 
 
