@@ -7,7 +7,8 @@ The real proxy objects (`ProxyContext`, `ClientConnection` and `NodeConnection` 
 the forwarder, exchange, heads, the connection pool and the access log) on a `MemoryReactorClock`, with real TLS on
 both sides: a browser and a node stand-in are plain `ssl.SSLObject`s driven by this script, and the proxy's TCP
 transports are in-memory (`BenchTransport`). One keep-alive client connection sends the benchmark's small-JSON GET
-over and over; the node stand-in answers each with the small JSON (Content-Length), over one pooled node connection.
+over and over; round-robin sends them over three nodes, as in the wrk benchmark (`--nodes`), whose stand-ins
+answer each with the small JSON (Content-Length) over one pooled connection each.
 
 Per request, only the proxy's side is measured: the client's TLS records into the proxy (head parsed, routed, the
 request encrypted towards the node) and the node's records into the proxy (response head rewritten, encrypted
@@ -166,20 +167,29 @@ def handshake(theirs: Peer, ours: Any, transport: BenchTransport) -> None:
     raise RuntimeError("TLS handshake did not finish in memory")
 
 
+class NodeStandIn:
+    """One node: its TLS server side (a Peer), and the proxy's connection to it once opened."""
+
+    def __init__(self, context: ssl.SSLContext, host: str) -> None:
+        self.peer = peer(context, server_side=True)
+        self.tcp = BenchTransport(host)
+        self.tls: Any = None
+
+
 class Bench:
-    def __init__(self, workdir: str, access: str) -> None:
+    def __init__(self, workdir: str, access: str, nodes: int = 3) -> None:
         bundle = certs.ensure_self_signed(os.path.join(workdir, "bundle.pem"), "localhost")
         access_log: bool | str = {"off": False, "twistd": True}.get(access, os.path.join(workdir, "access.log"))
         self.reactor = MemoryReactorClock()
         # The real reactor's clock is `time.time`, a C call; MemoryReactorClock's is a Python method, ten calls a
         # request that twistd does not make. (The clock is never advanced here.)
         self.reactor.seconds = time.time  # type: ignore[method-assign]
-        spec = NodeSpec("127.0.0.2", 443)
-        self.config = ProxyConfig(nodes=(spec,), hostname="localhost", access_log=access_log, verify_nodes=False)
-        node = Node(spec.name, spec.host, spec.port)
-        balancer = Balancer([node], fail_timeout=self.config.fail_timeout, clock=self.reactor.seconds)
-        creator = node_tls.client_creator(spec.host, None, False)
-        self.ctx = ProxyContext(self.config, balancer, self.reactor, {node.key: creator})
+        specs = tuple(NodeSpec(f"127.0.0.{i + 2}", 443) for i in range(nodes))
+        self.config = ProxyConfig(nodes=specs, hostname="localhost", access_log=access_log, verify_nodes=False)
+        balancer = Balancer([Node(s.name, s.host, s.port) for s in specs], fail_timeout=self.config.fail_timeout,
+                            clock=self.reactor.seconds)
+        creators = {s.name: node_tls.client_creator(s.host, None, False) for s in specs}
+        self.ctx = ProxyContext(self.config, balancer, self.reactor, creators)  # type: ignore[arg-type]
         server_tls = certs.ServerTLS(bundle)
 
         # the client connection: a browser Peer <-> TLSConnection(ClientConnection)
@@ -192,17 +202,18 @@ class Bench:
         self.client_tls.makeConnection(self.client_tcp)
         handshake(self.browser, self.client_tls, self.client_tcp)
 
-        # the node stand-in: its TLS server side, made when the proxy opens the connection (first request)
-        self.node = peer(server_tls.context, server_side=True)
-        self.node_tls: Any = None
-        self.node_tcp = BenchTransport("127.0.0.2")
+        # the node stand-ins, each connected when the proxy first opens a connection to it
+        self.nodes = {s.host: NodeStandIn(server_tls.context, s.host) for s in specs}
+        self.opened = 0  # node connection attempts (the reactor's tcpClients) already completed
 
-    def open_node_connection(self) -> None:
-        _, _, factory, *_ = self.reactor.tcpClients[-1]
-        self.node_tls = factory.buildProtocol(IPv4Address("TCP", "127.0.0.2", 443))
-        self.node_tls.makeConnection(self.node_tcp)
-        self.node.incoming.write(self.node_tcp.take())  # the proxy's ClientHello
-        handshake(self.node, self.node_tls, self.node_tcp)
+    def open_node_connections(self) -> None:
+        for host, _, factory, *_ in self.reactor.tcpClients[self.opened:]:
+            self.opened += 1
+            node = self.nodes[host]
+            node.tls = factory.buildProtocol(IPv4Address("TCP", host, 443))
+            node.tls.makeConnection(node.tcp)
+            node.peer.incoming.write(node.tcp.take())  # the proxy's ClientHello
+            handshake(node.peer, node.tls, node.tcp)
 
     # -- one request: the two proxy-side steps, and the peers' work around them -----------------------------------
     def client_records(self) -> bytes:
@@ -211,23 +222,24 @@ class Bench:
     def proxy_reads_request(self, records: bytes) -> None:
         self.client_tls.dataReceived(records)
 
-    def node_answers(self) -> bytes:
-        if self.node_tls is None:
-            self.open_node_connection()
-        request = self.node.feed(self.node_tcp.take())
+    def node_answers(self) -> tuple[Any, bytes]:
+        """The node connection the request went to, and its response as records."""
+        if len(self.reactor.tcpClients) > self.opened:
+            self.open_node_connections()
+        # (on a new connection the request went to the peer with the end of the handshake)
+        node = next(n for n in self.nodes.values() if n.tcp.out or n.peer.incoming.pending)
+        request = node.peer.feed(node.tcp.take())
         if not request.startswith(b"GET "):
             raise RuntimeError(f"the node got {request[:60]!r}")
-        return self.node.send(RESPONSE)
-
-    def proxy_reads_response(self, records: bytes) -> None:
-        self.node_tls.dataReceived(records)
+        return node.tls, node.peer.send(RESPONSE)
 
     def browser_reads(self) -> bytes:
         return self.browser.feed(self.client_tcp.take())
 
     def one(self) -> None:
         self.proxy_reads_request(self.client_records())
-        self.proxy_reads_response(self.node_answers())
+        node_tls, records = self.node_answers()
+        node_tls.dataReceived(records)
         answer = self.browser_reads()
         if not answer.startswith(b"HTTP/1.1 200 ") or not answer.endswith(SMALL_BODY):
             raise RuntimeError(f"the browser got {answer[:80]!r}")
@@ -246,14 +258,14 @@ class Bench:
                 t = clock()
                 self.proxy_reads_request(records)
                 spent += clock() - t
-            records = self.node_answers()
+            node_tls, records = self.node_answers()
             if timed is not None:
                 timed.enable()
-                self.proxy_reads_response(records)
+                node_tls.dataReceived(records)
                 timed.disable()
             else:
                 t = clock()
-                self.proxy_reads_response(records)
+                node_tls.dataReceived(records)
                 spent += clock() - t
             answer = self.browser_reads()
             if not answer.endswith(SMALL_BODY):
@@ -281,6 +293,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="where access-log lines go (default file, as the benchmark's proxy)")
     p.add_argument("--top", type=int, default=0, help="also print the N functions with most calls")
     p.add_argument("--python", action="store_true", help="with --top: Python functions only")
+    p.add_argument("--nodes", type=int, default=3, help="nodes behind the proxy (default 3, as the wrk benchmark)")
     p.add_argument("--runs", type=int, default=5, help="timed runs, the median reported (default 5)")
     a = p.parse_args(argv)
     with tempfile.TemporaryDirectory() as workdir:
@@ -288,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.access_log == "twistd":  # twistd's own observer: text lines, flushed per event
             devnull = open(os.devnull, "w")  # noqa: SIM115
             globalLogBeginner.beginLoggingTo([textFileLogObserver(_Flushing(devnull))], redirectStandardIO=False)
-        bench = Bench(workdir, a.access_log)
+        bench = Bench(workdir, a.access_log, a.nodes)
         for _ in range(50):  # warm up: the node connection opened and pooled, caches filled
             bench.one()
         profiler = cProfile.Profile()
@@ -296,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         stats = pstats.Stats(profiler)
         python, builtin = count_calls(stats)
         times = [bench.run(a.requests) / a.requests * 1e6 for _ in range(a.runs)]
-        print(f"access log: {a.access_log}; {a.requests} requests x {a.runs} runs")
+        print(f"access log: {a.access_log}; {a.nodes} nodes; {a.requests} requests x {a.runs} runs")
         print(f"calls per request: {(python + builtin) / a.requests:.1f} "
               f"({python / a.requests:.1f} Python, {builtin / a.requests:.1f} C)")
         print(f"CPU us per request: median {statistics.median(times):.1f} (min {min(times):.1f}, "
