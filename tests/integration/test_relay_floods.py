@@ -4,6 +4,7 @@ Each test sets a small limit in the config so the flood is a few hundred packets
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import socket
@@ -110,9 +111,8 @@ def test_a_flood_of_idle_connections_leaves_file_descriptors_for_relay_sockets(t
 
 
 def test_a_connection_without_an_allocation_is_closed_after_its_lifetime_whatever_it_sends(tmp_path):
-    relay = RelayProcess(tmp_path, tcp_unallocated_lifetime=5).start()
-    conn = connect(relay)
-    try:
+    with (RelayProcess(tmp_path, tcp_unallocated_lifetime=5).start() as relay,
+          contextlib.closing(connect(relay)) as conn):
         started = time.monotonic()
         answered = 0
         while time.monotonic() - started < 9:
@@ -122,27 +122,17 @@ def test_a_connection_without_an_allocation_is_closed_after_its_lifetime_whateve
             time.sleep(0.5)
         lasted = time.monotonic() - started
         assert answered >= 5 and lasted < 8, f"still open after {lasted:.1f} s of Bindings"
-    finally:
-        conn.close()
-        relay.stop()
 
 
 def test_a_connection_without_an_allocation_cannot_buffer_a_big_half_frame(tmp_path):
-    relay = RelayProcess(tmp_path).start()
-    conn = connect(relay)
-    try:
+    with RelayProcess(tmp_path).start() as relay, contextlib.closing(connect(relay)) as conn:
         # A Binding header announcing 60000 bytes, then 8 KiB of it: more than anyone without an allocation needs.
         conn.sendall(struct.pack("!HHI", 0x0001, 60000, stun.MAGIC_COOKIE) + os.urandom(12) + b"\0" * 8192)
         assert closed_by_peer(conn, 3.0)
-    finally:
-        conn.close()
-        relay.stop()
 
 
 def test_the_answer_to_a_valid_frame_goes_out_before_an_unframeable_stream_is_closed(tmp_path):
-    relay = RelayProcess(tmp_path).start()
-    conn = connect(relay)
-    try:
+    with RelayProcess(tmp_path).start() as relay, contextlib.closing(connect(relay)) as conn:
         request, transaction_id = binding_request()
         conn.sendall(request + b"\xc0" * 32)  # a Binding, then bytes that are neither STUN nor ChannelData
         conn.settimeout(3)
@@ -154,9 +144,6 @@ def test_the_answer_to_a_valid_frame_goes_out_before_an_unframeable_stream_is_cl
             data += chunk
         response = stun.parse(data)
         assert response.transaction_id == transaction_id and response.get(Attr.XOR_MAPPED_ADDRESS) is not None
-    finally:
-        conn.close()
-        relay.stop()
 
 
 def test_one_user_filling_the_retransmission_cache_does_not_evict_another_users_answer(tmp_path):

@@ -82,6 +82,12 @@ class RelayProcess:
                 return self
         raise RuntimeError(f"relay did not answer a Binding within 15 s:\n{self.log()}")
 
+    def __enter__(self) -> RelayProcess:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
