@@ -73,6 +73,14 @@ class Harness:
         proto.handshakeCompleted()
         return proto, transport
 
+    def forwarded(self, data: bytes, peer: str = "192.0.2.10") -> tuple[ClientConnection, MemoryTransport,
+                                                                          NodeConnection, MemoryTransport]:
+        """A client that sent `data`, and the node connection the proxy opened for it, completed."""
+        client, client_transport = self.client(peer)
+        client.dataReceived(data)
+        node, node_transport = self.node_connection()
+        return client, client_transport, node, node_transport
+
     def accept(self, peer: str) -> tuple[ClientConnection, MemoryTransport] | None:
         """A connection through the listener's factory (the connection limits apply); None when refused. The TLS
         handshake is not done yet."""

@@ -11,9 +11,7 @@ from tests.support.revproxy_memory import Harness, response
 
 def test_the_node_read_timeout_starts_only_once_the_request_body_is_all_sent():
     h = Harness(nodes=2, upstream_read_timeout=1.0, client_timeout=5.0)
-    client, ct = h.client()
-    client.dataReceived(b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
-    node, nt = h.node_connection()
+    client, ct, node, nt = h.forwarded(b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n")
     for i in range(10):  # one byte every 0.9 s: 9 s, many times the node's read timeout
         client.dataReceived(b"%d" % i)
         h.settle(0.9)
@@ -25,9 +23,7 @@ def test_the_node_read_timeout_starts_only_once_the_request_body_is_all_sent():
 
 def test_a_node_silent_after_the_body_still_times_out():
     h = Harness(nodes=1, upstream_read_timeout=1.0)
-    client, ct = h.client()
-    client.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n")
-    _, nt = h.node_connection()
+    client, ct, _, nt = h.forwarded(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\n")
     h.settle(3)
     client.dataReceived(b"ok")
     h.settle(1.1)
@@ -37,9 +33,7 @@ def test_a_node_silent_after_the_body_still_times_out():
 
 def test_a_client_that_stalls_mid_body_is_closed_after_client_timeout_and_no_node_is_marked_down():
     h = Harness(nodes=2, client_timeout=2.0)
-    client, ct = h.client()
-    client.dataReceived(b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
-    _, nt = h.node_connection()
+    _client, ct, _, nt = h.forwarded(b"PUT /x HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
     h.settle(2.1)
     h.settle(0)
     assert ct.aborted and nt.aborted

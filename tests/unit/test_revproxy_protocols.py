@@ -14,9 +14,7 @@ GET = b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n"
 
 def test_keep_alive_reuses_the_node_connection_for_the_next_request():
     h = Harness(nodes=1)
-    client, ct = h.client()
-    client.dataReceived(GET)
-    node, nt = h.node_connection()
+    client, ct, node, nt = h.forwarded(GET)
     node.dataReceived(response(body=b"one"))
     assert ct.take().endswith(b"one") and client.state is ConnState.IDLE
     client.dataReceived(GET)
@@ -27,9 +25,7 @@ def test_keep_alive_reuses_the_node_connection_for_the_next_request():
 
 def test_pipelined_requests_are_answered_in_order_one_at_a_time():
     h = Harness(nodes=1)
-    client, ct = h.client()
-    client.dataReceived(GET + b"GET /y HTTP/1.1\r\nHost: a\r\n\r\n")
-    node, nt = h.node_connection()
+    _client, ct, node, nt = h.forwarded(GET + b"GET /y HTTP/1.1\r\nHost: a\r\n\r\n")
     assert nt.value().count(b"GET ") == 1  # the second waits for the first response
     node.dataReceived(response(body=b"first"))
     assert b"GET /y" in nt.value()
@@ -64,9 +60,7 @@ def test_a_refused_connect_moves_the_request_to_the_next_node_and_marks_it_down(
 
 def test_a_node_that_stays_silent_gives_504_after_upstream_read_timeout():
     h = Harness(nodes=1, upstream_read_timeout=5.0)
-    client, ct = h.client()
-    client.dataReceived(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
-    _node, nt = h.node_connection()
+    _client, ct, _node, nt = h.forwarded(b"POST /x HTTP/1.1\r\nHost: a\r\nContent-Length: 2\r\n\r\nhi")
     h.settle(4.9)
     assert not nt.aborted
     h.settle(0.2)
@@ -85,9 +79,7 @@ def test_a_head_that_never_completes_is_closed_after_client_timeout():
 
 def test_a_response_of_unknown_length_is_chunked_to_the_client():
     h = Harness(nodes=1)
-    client, ct = h.client()
-    client.dataReceived(GET)
-    node, _nt = h.node_connection()
+    _client, ct, node, _nt = h.forwarded(GET)
     node.dataReceived(b"HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nabc")
     node.connectionLost(None)
     out = ct.take()
@@ -96,18 +88,15 @@ def test_a_response_of_unknown_length_is_chunked_to_the_client():
 
 def test_interim_responses_from_the_node_are_not_forwarded():
     h = Harness(nodes=1)
-    client, ct = h.client()
-    client.dataReceived(GET)
-    node, _ = h.node_connection()
+    _client, ct, node, _ = h.forwarded(GET)
     node.dataReceived(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n" + response())
     assert ct.take().startswith(b"HTTP/1.1 200 ")
 
 
 def test_a_websocket_upgrade_becomes_a_tunnel_both_ways():
     h = Harness(nodes=1)
-    client, ct = h.client()
-    client.dataReceived(b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n")
-    node, nt = h.node_connection()
+    upgrade = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    client, ct, node, nt = h.forwarded(upgrade)
     node.dataReceived(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n")
     assert ct.take().startswith(b"HTTP/1.1 101 ") and client.state is ConnState.TUNNEL
     nt.clear()
@@ -118,9 +107,7 @@ def test_a_websocket_upgrade_becomes_a_tunnel_both_ways():
 
 def test_a_client_leaving_mid_response_closes_the_node_connection():
     h = Harness(nodes=1)
-    client, ct = h.client()
-    client.dataReceived(GET)
-    node, nt = h.node_connection()
+    _client, ct, node, nt = h.forwarded(GET)
     node.dataReceived(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
     ct.abortConnection()
     h.settle(0)
