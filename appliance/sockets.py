@@ -6,6 +6,7 @@
 - `Listener` + `bind_listener`: the same with the config key it came from, so a port already in use is one
   `ConfigError` line naming the file, the service's table, the key and address:port — never a traceback.
 - `check_local_address`: bind a throw-away UDP socket to prove an address (`relay_ip`) belongs to this host.
+- `listen_on`: a Twisted TCP listening port over such a socket (the relay's TCP and TLS listeners).
 """
 
 from __future__ import annotations
@@ -41,27 +42,38 @@ def _socket(kind: int, host: str, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
-    """A bound, non-blocking UDP socket. Raises OSError when the port is taken or the address is not ours."""
-    sock = _socket(socket.SOCK_DGRAM, host, reuse_port)
+def _bound(kind: int, host: str, port: int, reuse_port: bool) -> socket.socket:
+    sock = _socket(kind, host, reuse_port)
     try:
         sock.bind((host, port))
+        if kind == socket.SOCK_STREAM:
+            sock.listen(BACKLOG)
     except OSError:
         sock.close()
         raise
     return sock
+
+
+def bind_udp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A bound, non-blocking UDP socket. Raises OSError when the port is taken or the address is not ours."""
+    return _bound(socket.SOCK_DGRAM, host, port, reuse_port)
 
 
 def bind_tcp(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A bound, listening, non-blocking TCP socket. Raises OSError as bind_udp."""
-    sock = _socket(socket.SOCK_STREAM, host, reuse_port)
+    return _bound(socket.SOCK_STREAM, host, port, reuse_port)
+
+
+def listen_on(reactor, factory, host: str, port: int, sock: socket.socket | None = None):
+    """A Twisted listening port for `factory` on host:port: over `sock` when the supervisor handed one down, else on
+    a socket bound here. adoptStreamPort duplicates the descriptor: the reactor's copy is the one that stays open."""
+    if sock is None:
+        sock = bind_tcp(host, port)
+    sock.setblocking(False)
     try:
-        sock.bind((host, port))
-        sock.listen(BACKLOG)
-    except OSError:
+        return reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
+    finally:
         sock.close()
-        raise
-    return sock
 
 
 @dataclass(frozen=True)

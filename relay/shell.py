@@ -16,7 +16,7 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 
 from appliance.limits import open_files_limit
-from appliance.sockets import bind_tcp, bind_udp
+from appliance.sockets import bind_udp, listen_on
 from relay import datagram
 from relay.datagram import IP_MTU_DISCOVER, IP_PMTUDISC_DO, DatagramSocket  # noqa: F401 (re-exported)
 from relay.dispatch import TurnServer
@@ -248,11 +248,4 @@ def listen_udp(reactor, core: TurnServer, host: str, port: int, sock: socket.soc
 
 def listen_tcp(reactor, core: TurnServer, host: str, port: int, sock: socket.socket | None = None):
     """The client-facing TCP listener on host:port, on `sock` when the supervisor handed one down."""
-    factory = TurnTCPFactory(core, (host, port), reactor)
-    if sock is None:
-        sock = bind_tcp(host, port)
-    sock.setblocking(False)
-    # adoptStreamPort duplicates the descriptor: the reactor's copy is the one that stays open.
-    port_object = reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
-    sock.close()
-    return port_object
+    return listen_on(reactor, TurnTCPFactory(core, (host, port), reactor), host, port, sock)
