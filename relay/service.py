@@ -87,25 +87,14 @@ def worker_port_range(min_port: int, max_port: int, worker: int, workers: int) -
     return low, high
 
 
+# The config keys the TURN core takes as they are: every field the two dataclasses share by name (a limit added to
+# both is carried without an edit here). relay_ip is the address chosen at start, not the configured one.
+SETTINGS_FROM_CONFIG = tuple(sorted({f.name for f in dataclasses.fields(TurnSettings)}
+                                    & {f.name for f in dataclasses.fields(RelayConfig)} - {"relay_ip"}))
+
+
 def turn_settings(config: RelayConfig, relay_ip: str) -> TurnSettings:
-    return TurnSettings(
-        realm=config.realm,
-        software=config.software,
-        relay_ip=relay_ip,
-        external_ip=config.external_ip,
-        default_lifetime=config.default_lifetime,
-        max_lifetime=config.max_lifetime,
-        user_quota=config.user_quota,
-        total_quota=config.total_quota,
-        tcp_unallocated_per_ip=config.tcp_unallocated_per_ip,
-        tcp_unallocated_max=config.tcp_unallocated_max,
-        tcp_unallocated_lifetime=config.tcp_unallocated_lifetime,
-        tcp_unallocated_buffer=config.tcp_unallocated_buffer,
-        transactions_per_user=config.transactions_per_user,
-        transaction_cache_bytes=config.transaction_cache_bytes,
-        unauthenticated_rate=config.unauthenticated_rate,
-        unauthenticated_burst=config.unauthenticated_burst,
-    )
+    return TurnSettings(relay_ip=relay_ip, **{name: getattr(config, name) for name in SETTINGS_FROM_CONFIG})
 
 
 def peer_policy(config: RelayConfig, relay_ip: str) -> PeerPolicy:
