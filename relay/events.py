@@ -91,20 +91,18 @@ class EventLog:
                 del self._user_limits[user]
 
     def allocation_created(self, allocation: Allocation) -> None:
-        if not self._allowed(allocation.username):
-            return
-        where, relayed = format_five_tuple(allocation.five_tuple), format_address(allocation.relayed_address)
-        user, lifetime = escape(allocation.username), allocation.lifetime
-        self.emit(f"TURN allocation created {where} user '{user}' relayed {relayed} lifetime {lifetime}s",
-                  event="allocation_created", five_tuple=where, user=user, relayed=relayed, lifetime=lifetime)
+        self._allocation_line("created", allocation)
 
     def allocation_refreshed(self, allocation: Allocation) -> None:
+        self._allocation_line("refreshed", allocation)
+
+    def _allocation_line(self, what: str, allocation: Allocation) -> None:
         if not self._allowed(allocation.username):
             return
         where, relayed = format_five_tuple(allocation.five_tuple), format_address(allocation.relayed_address)
         user, lifetime = escape(allocation.username), allocation.lifetime
-        self.emit(f"TURN allocation refreshed {where} user '{user}' relayed {relayed} lifetime {lifetime}s",
-                  event="allocation_refreshed", five_tuple=where, user=user, relayed=relayed, lifetime=lifetime)
+        self.emit(f"TURN allocation {what} {where} user '{user}' relayed {relayed} lifetime {lifetime}s",
+                  event=f"allocation_{what}", five_tuple=where, user=user, relayed=relayed, lifetime=lifetime)
 
     def allocation_deleted(self, allocation: Allocation, reason: str) -> None:
         a = allocation
