@@ -87,28 +87,22 @@ def test_a_tls_handshake_has_its_own_short_timeout():
 
 def test_header_names_with_underscores_never_reach_the_node():
     h = Harness(nodes=1)
-    client, _ = h.client()
-    client.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\nX_Real_IP: 6.6.6.6\r\nX-Forwarded_Proto: http\r\n"
-                        b"Transfer_Encoding: chunked\r\nContent_Length: 5\r\nX-Kept: 1\r\n\r\n")
-    _, nt = h.node_connection()
+    _, _, _, nt = h.forwarded(b"GET /x HTTP/1.1\r\nHost: a\r\nX_Real_IP: 6.6.6.6\r\nX-Forwarded_Proto: http\r\n"
+                              b"Transfer_Encoding: chunked\r\nContent_Length: 5\r\nX-Kept: 1\r\n\r\n")
     sent = nt.value()
     assert b"_" not in sent.split(b"\r\n", 1)[1] and b"X-Kept: 1" in sent and b"6.6.6.6" not in sent
 
 
 def test_http_1_0_without_host_gets_the_configured_hostname():
     h = Harness(nodes=1)
-    client, _ = h.client()
-    client.dataReceived(b"GET /x HTTP/1.0\r\n\r\n")
-    _, nt = h.node_connection()
+    _, _, _, nt = h.forwarded(b"GET /x HTTP/1.0\r\n\r\n")
     assert nt.value().startswith(b"GET /x HTTP/1.1\r\nHost: proxy.example.com\r\n")
 
 
 def test_an_h2c_upgrade_is_forwarded_as_a_plain_request():
     h = Harness(nodes=1)
-    client, ct = h.client()
-    client.dataReceived(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\n"
-                        b"HTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
-    node, nt = h.node_connection()
+    client, ct, node, nt = h.forwarded(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+                                       b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n")
     assert b"upgrade" not in nt.value().lower()
     node.dataReceived(response(body=b"plain"))
     assert ct.value().endswith(b"plain") and client.state is ConnState.IDLE
