@@ -30,6 +30,28 @@ def _labelled(family, label: str, values: dict) -> Metric:
     return family
 
 
+# The relay's counters in the order /metrics lists them: (name, help, snapshot key, label; None: one value).
+RELAY_COUNTERS = (
+    ("rpturn_stun_binding_requests", "STUN Binding requests answered.", "binding_requests", None),
+    ("rpturn_stun_requests", "STUN/TURN requests received (every method).", "requests", None),
+    ("rpturn_turn_allocations_created", "TURN allocations created.", "allocations_created", None),
+    ("rpturn_turn_allocations_refreshed", "TURN Refresh requests that kept an allocation.",
+     "allocations_refreshed", None),
+    ("rpturn_turn_allocations_deleted", "TURN allocations deleted (refresh 0, expiry, lost connection, shutdown).",
+     "allocations_deleted", None),
+    ("rpturn_turn_auth_failures", "Failed TURN authentications by reason.", "auth_failures", "reason"),
+    ("rpturn_turn_stale_nonces", "Requests with an expired nonce (438, routine).", "stale_nonces", None),
+    ("rpturn_turn_error_responses", "STUN/TURN error responses by code.", "errors", "code"),
+    ("rpturn_turn_quota_rejections", "Allocate refused with 486 by cause.", "quota_rejections", "cause"),
+    ("rpturn_turn_capacity_rejections", "Requests refused with 508 by cause.", "capacity_rejections", "cause"),
+    ("rpturn_turn_permissions_denied", "Permissions refused by the peer policy (403).", "permissions_denied", None),
+    ("rpturn_stun_malformed_packets", "Packets dropped because they could not be parsed.", "malformed", None),
+    ("rpturn_turn_dropped_packets", "Relayable packets dropped, by reason.", "dropped", "reason"),
+    ("rpturn_turn_relayed_packets", "Packets relayed, by direction.", "packets", "direction"),
+    ("rpturn_turn_relayed_bytes", "Payload bytes relayed, by direction.", "bytes", "direction"),
+)
+
+
 def relay_metrics(relay: ServiceFigures) -> Iterator[Metric]:
     c, g = relay.counters, relay.gauges
     allocations = GaugeMetricFamily("rpturn_turn_allocations", "Live TURN allocations by client transport.",
@@ -41,33 +63,11 @@ def relay_metrics(relay: ServiceFigures) -> Iterator[Metric]:
                             value=g.get("permissions", 0))
     yield GaugeMetricFamily("rpturn_turn_channels", "Live channel bindings in all allocations.",
                             value=g.get("channels", 0))
-    yield _counter("rpturn_stun_binding_requests", "STUN Binding requests answered.", c.get("binding_requests", 0))
-    yield _counter("rpturn_stun_requests", "STUN/TURN requests received (every method).", c.get("requests", 0))
-    yield _counter("rpturn_turn_allocations_created", "TURN allocations created.", c.get("allocations_created", 0))
-    yield _counter("rpturn_turn_allocations_refreshed", "TURN Refresh requests that kept an allocation.",
-                   c.get("allocations_refreshed", 0))
-    yield _counter("rpturn_turn_allocations_deleted", "TURN allocations deleted (refresh 0, expiry, lost "
-                   "connection, shutdown).", c.get("allocations_deleted", 0))
-    yield _labelled(CounterMetricFamily("rpturn_turn_auth_failures", "Failed TURN authentications by reason.",
-                                        labels=["reason"]), "reason", c.get("auth_failures", {}))
-    yield _counter("rpturn_turn_stale_nonces", "Requests with an expired nonce (438, routine).",
-                   c.get("stale_nonces", 0))
-    yield _labelled(CounterMetricFamily("rpturn_turn_error_responses", "STUN/TURN error responses by code.",
-                                        labels=["code"]), "code", c.get("errors", {}))
-    yield _labelled(CounterMetricFamily("rpturn_turn_quota_rejections", "Allocate refused with 486 by cause.",
-                                        labels=["cause"]), "cause", c.get("quota_rejections", {}))
-    yield _labelled(CounterMetricFamily("rpturn_turn_capacity_rejections", "Requests refused with 508 by cause.",
-                                        labels=["cause"]), "cause", c.get("capacity_rejections", {}))
-    yield _counter("rpturn_turn_permissions_denied", "Permissions refused by the peer policy (403).",
-                   c.get("permissions_denied", 0))
-    yield _counter("rpturn_stun_malformed_packets", "Packets dropped because they could not be parsed.",
-                   c.get("malformed", 0))
-    yield _labelled(CounterMetricFamily("rpturn_turn_dropped_packets", "Relayable packets dropped, by reason.",
-                                        labels=["reason"]), "reason", c.get("dropped", {}))
-    yield _labelled(CounterMetricFamily("rpturn_turn_relayed_packets", "Packets relayed, by direction.",
-                                        labels=["direction"]), "direction", c.get("packets", {}))
-    yield _labelled(CounterMetricFamily("rpturn_turn_relayed_bytes", "Payload bytes relayed, by direction.",
-                                        labels=["direction"]), "direction", c.get("bytes", {}))
+    for name, doc, key, label in RELAY_COUNTERS:
+        if label is None:
+            yield _counter(name, doc, c.get(key, 0))
+        else:
+            yield _labelled(CounterMetricFamily(name, doc, labels=[label]), label, c.get(key, {}))
 
 
 def proxy_metrics(proxy: ServiceFigures) -> Iterator[Metric]:
