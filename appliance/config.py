@@ -23,7 +23,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -69,6 +69,17 @@ def checked(path: str, table: str, key: str, check: Callable[[Any], T], value: A
         return check(value)
     except ValueError as exc:
         raise ConfigError(path, table, key, str(exc)) from None
+
+
+def subtable_items(value: Any, known: Iterable[str], not_a_table: str) -> Iterator[tuple[str, Any]]:
+    """The (key, value) pairs of a settings sub-table such as [revproxy.ldap]; ValueError(`not_a_table`) when it is
+    not a table, ValueError('key: unknown key (known: ...)') for a key not in `known`."""
+    if not isinstance(value, Mapping):
+        raise ValueError(not_a_table)
+    for key, raw in value.items():
+        if key not in known:
+            raise ValueError(f"{key}: unknown key (known: {', '.join(known)})")
+        yield key, raw
 
 
 def parse_hostport(text: str, default_port: int | None = None, *, numeric: bool = False,

@@ -22,10 +22,12 @@ import binascii
 import hashlib
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
+
+from appliance.config import subtable_items
 
 DEFAULT_PATHS = ("/api/client/v2/",)
 MAX_CACHED = 10_000
@@ -64,13 +66,8 @@ class LdapSettings:
 
 def settings_from_table(value: Any) -> LdapSettings:
     """The `[revproxy.ldap]` table -> settings; ValueError('key: problem')."""
-    if not isinstance(value, Mapping):
-        raise ValueError("-: must be a table")
-    known = LdapSettings.__dataclass_fields__
     values: dict[str, Any] = {}
-    for key, raw in value.items():
-        if key not in known:
-            raise ValueError(f"{key}: unknown key (known: {', '.join(known)})")
+    for key, raw in subtable_items(value, LdapSettings.__dataclass_fields__, "-: must be a table"):
         if key == "starttls":
             if not isinstance(raw, bool):
                 raise ValueError(f"starttls: expected true or false, got {raw!r}")

@@ -20,10 +20,12 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections import OrderedDict, deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
+
+from appliance.config import subtable_items
 
 GUARDED_PATH = re.compile(r"/api/client/v2/conferences/[^/?#]+/request_token")
 
@@ -39,13 +41,9 @@ class PinGuardSettings:
 
 def settings_from_table(value: Any) -> PinGuardSettings:
     """The `[revproxy.pin_guard]` table -> settings; ValueError('key: problem') for a bad one."""
-    if not isinstance(value, Mapping):
-        raise ValueError("must be a table: [revproxy.pin_guard] with enabled, max_failures, window, ban")
-    known = PinGuardSettings.__dataclass_fields__
     values: dict[str, Any] = {}
-    for key, raw in value.items():
-        if key not in known:
-            raise ValueError(f"{key}: unknown key (known: {', '.join(known)})")
+    for key, raw in subtable_items(value, PinGuardSettings.__dataclass_fields__,
+                                   "must be a table: [revproxy.pin_guard] with enabled, max_failures, window, ban"):
         if key == "enabled":
             if not isinstance(raw, bool):
                 raise ValueError(f"enabled: expected true or false, got {raw!r}")
