@@ -79,7 +79,8 @@ def response_head(head: http1.Head, client_version: bytes, keep_alive: bool) -> 
         if framing in (LENGTH, NONE):
             extra.append(b"\r\nContent-Length: %s" % http1.field_values(head, b"content-length")[0]
                          .split(b",")[0].strip())
-    streaming = b"content-type" in names and any(
+    # (the substring test first: most responses are not event streams, and it spares a field search per response)
+    streaming = b"text/event-stream" in head.lower and b"content-type" in names and any(
         v.startswith(b"text/event-stream") for v in http1.field_values(head, b"content-type"))
     parts = [b"HTTP/1.1 %d " % head.status, head.reason, http1.block_without(head, drop), *extra]
     chunked = False

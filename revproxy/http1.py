@@ -99,7 +99,7 @@ def _fields(lines: list[bytes], head: Head, error_status: int) -> tuple[list[byt
         elif lname == b"transfer-encoding":
             encodings.append(value)
         elif lname == b"connection":
-            connection.update(t.strip().lower() for t in value.split(b","))
+            connection.update([t.strip().lower() for t in value.split(b",")])  # (a list: fewer calls than a generator)
         elif lname == b"upgrade":
             head.upgrade = value
         fields.append((lname, name, value))
@@ -205,8 +205,8 @@ def parse_response(data: bytes, request_method: bytes) -> Head:
     head.clean_length = len(lengths) == 1 and lengths[0].isdigit()
     encodings = field_values(head, b"transfer-encoding") if b"transfer-encoding" in names else []
     if b"connection" in names:
-        head.connection = frozenset(t.strip().lower() for v in field_values(head, b"connection")
-                                    for t in v.split(b","))
+        head.connection = frozenset([t.strip().lower() for v in field_values(head, b"connection")
+                                     for t in v.split(b",")])
     if b"upgrade" in names:
         head.upgrade = field_values(head, b"upgrade")[-1]
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
