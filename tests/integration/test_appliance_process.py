@@ -16,7 +16,7 @@ from relay.stun import Attr, Method
 from tests.support.appliance_process import ApplianceProcess
 from tests.support.net import free_port
 from tests.support.relay_process import EchoPeer, RawTurnClient, error_code, udp_binding
-from tests.support.revproxy_process import Nodes, Pki, request
+from tests.support.revproxy_process import Nodes, Pki, read_event, request
 
 
 @pytest.fixture(scope="module")
@@ -50,15 +50,6 @@ def open_events(pki: Pki, port: int):
     stream = pki.client_context().wrap_socket(raw, server_hostname="localhost")
     stream.sendall(b"GET /api/client/v2/conferences/x/events?interval=0.1 HTTP/1.1\r\nHost: localhost\r\n\r\n")
     return stream
-
-
-def read_event(stream) -> bytes:
-    buf = b""
-    while b"\n\n" not in buf.split(b"event: tick", 1)[-1]:
-        data = stream.recv(4096)
-        assert data, "the /events stream was closed"
-        buf += data
-    return buf
 
 
 class PingPong(threading.Thread):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.relay_process import RelayProcess
+from tests.support.relay_process import RelayProcess, relay_fixture
 
 BIN = Path(sys.executable).parent
 
@@ -20,12 +20,7 @@ def run(*command: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
 
 
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory):
-    process = RelayProcess(tmp_path_factory.mktemp("harness")).start()
-    yield process
-    assert process.stop() == 0
-    assert "Traceback" not in process.log()
+relay = relay_fixture("harness")
 
 
 @pytest.fixture(scope="module")

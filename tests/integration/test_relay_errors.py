@@ -14,17 +14,11 @@ import pytest
 
 from relay import stun
 from relay.stun import Attr, Method
-from tests.support.relay_process import EchoPeer, RawTurnClient, RelayProcess, error_code
+from tests.support.relay_process import EchoPeer, RawTurnClient, error_code, relay_fixture
 
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory):
-    # Three relay ports, two allocations per user: enough to reach both 486 and 508.
-    process = RelayProcess(tmp_path_factory.mktemp("relay-errors"), min_port=44990, max_port=44992,
-                           user_quota=2, users={"alice": "secret", "bob": "hunter2", "carol": "pw"}).start()
-    yield process
-    assert process.stop() == 0
-    assert "Traceback" not in process.log()
+# Three relay ports, two allocations per user: enough to reach both 486 and 508.
+relay = relay_fixture("relay-errors", min_port=44990, max_port=44992, user_quota=2,
+                      users={"alice": "secret", "bob": "hunter2", "carol": "pw"})
 
 
 @pytest.fixture

@@ -12,15 +12,9 @@ import time
 
 import pytest
 
-from tests.support.relay_process import EchoPeer, RelayProcess, free_port
+from tests.support.relay_process import EchoPeer, RelayProcess, free_port, relay_fixture
 
-
-@pytest.fixture(scope="module")
-def relay(tmp_path_factory):
-    process = RelayProcess(tmp_path_factory.mktemp("relay")).start()
-    yield process
-    assert process.stop() == 0
-    assert "Traceback" not in process.log()
+relay = relay_fixture("relay")
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.revproxy_process import Pki, ProxyProcess, free_port, lab_fixture, request, write_config
+from tests.support.revproxy_process import Pki, ProxyProcess, free_port, lab_fixture, read_event, request, write_config
 
 shared = lab_fixture("failover")
 
@@ -127,15 +127,6 @@ def test_active_health_check_marks_a_node_down_and_up(shared, make_proxy):
     make_proxy.start_node("c")
     proxy.wait_log("is up", timeout=3)
     assert "c" in {request(pki, proxy.port).json()["node"] for _ in range(6)}
-
-
-def read_event(s) -> bytes:
-    buf = b""
-    while b"\n\n" not in buf.split(b"event: tick", 1)[-1]:
-        data = s.recv(4096)
-        assert data, "stream closed"
-        buf += data
-    return buf
 
 
 def test_sighup_reload_applies_new_nodes_and_certificate_while_an_sse_stream_stays_open(shared, make_proxy,

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from appliance.config import format_hostport
 from relay import stun
@@ -105,6 +108,21 @@ class RelayProcess:
     @property
     def address(self) -> tuple[str, int]:
         return (self.host, self.port)
+
+
+def relay_fixture(name: str, **relay_table: Any) -> Any:
+    """A module-scoped pytest fixture giving a started `RelayProcess` (config keys as RelayProcess takes them); at
+    the end of the module it must stop cleanly, with no traceback in its log."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def relay(tmp_path_factory: Any) -> Any:
+        process = RelayProcess(tmp_path_factory.mktemp(name), **relay_table).start()
+        yield process
+        assert process.stop() == 0
+        assert "Traceback" not in process.log()
+
+    return relay
 
 
 class RawTurnClient:
@@ -260,3 +278,20 @@ class EchoPeer:
         self.running = False
         self.thread.join(2)
         self.sock.close()
+
+    def __enter__(self) -> EchoPeer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def turn_clients(server: tuple[str, int], count: int, **options: Any) -> Iterator[list[RawTurnClient]]:
+    """`count` RawTurnClients to `server` (RawTurnClient's options), all closed at the end."""
+    clients = [RawTurnClient(server, **options) for _ in range(count)]
+    try:
+        yield clients
+    finally:
+        for client in clients:
+            client.close()

@@ -208,6 +208,16 @@ def request(pki: Pki, port: int, method: str = "GET", path: str = "/whoami", bod
         conn.close()
 
 
+def read_event(stream: Any) -> bytes:
+    """Read an /events stream (a node stand-in's server-sent events) up to the end of the next `tick` event."""
+    buf = b""
+    while b"\n\n" not in buf.split(b"event: tick", 1)[-1]:
+        data = stream.recv(4096)
+        assert data, "the /events stream was closed"
+        buf += data
+    return buf
+
+
 def raw_exchange(pki: Pki, port: int, data: bytes, timeout: float = 10.0) -> bytes:
     """Send raw bytes over TLS and read until the proxy closes (or `timeout`)."""
     ctx = pki.client_context()
