@@ -19,7 +19,7 @@ def test_quick_benchmark_prints_ratios_and_targets_and_exits_0(tmp_path):
                           str(tmp_path / "results.json")], capture_output=True, text=True, timeout=150)
     assert out.returncode == 0, out.stderr[-3000:]
     assert "| small JSON | 100 |" in out.stdout
-    assert "### Targets (issue 4)" in out.stdout
+    assert "### Targets" in out.stdout
     results = json.loads((tmp_path / "results.json").read_text())
     row = results["throughput"]["1"]["small@100"]
     assert row["ratio_rps"] > 0 and row["ours"]["requests"] > 0 and row["nginx"]["requests"] > 0
