@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 
 import pytest
 
 from relay import stun
 from relay.stun import Attr, Method
-from tests.support.relay_process import EchoPeer, RawTurnClient, RelayProcess, error_code
+from tests.support.relay_process import EchoPeer, RawTurnClient, RelayProcess, error_code, turn_clients
 
 
 def child_pids(relay: RelayProcess) -> list[int]:
@@ -83,43 +85,35 @@ def echo_round(turn: RawTurnClient, count: int, channel: int = 0x4000) -> int:
     return len(received)
 
 
-def test_two_workers_share_the_port_and_relay_without_loss(relay):
-    peer = EchoPeer()
-    clients = [RawTurnClient(relay.address) for _ in range(24)]
-    try:
+@contextlib.contextmanager
+def bound_clients(relay: RelayProcess, count: int) -> Iterator[list[RawTurnClient]]:
+    """`count` clients, each with an allocation and channel 0x4000 to one echo peer; all closed at the end."""
+    with EchoPeer() as peer, turn_clients(relay.address, count) as clients:
         for turn in clients:
             assert error_code(turn.allocate()) is None
             bind_channel(turn, peer.address)
+        yield clients
+
+
+def test_two_workers_share_the_port_and_relay_without_loss(relay):
+    with bound_clients(relay, 24) as clients:
         received = sum(echo_round(turn, 50) for turn in clients)
         assert received == 24 * 50
         # The kernel spread the clients over both workers.
         creators = {line.split("worker ")[1].split(":")[0] for line in relay.log().splitlines()
                     if "TURN allocation created" in line}
         assert creators == {"0", "1"}
-    finally:
-        peer.close()
-        for turn in clients:
-            turn.close()
 
 
 def test_user_quota_holds_across_workers(relay):
-    clients = [RawTurnClient(relay.address) for _ in range(32)]
-    try:
+    with turn_clients(relay.address, 32) as clients:
         codes = [error_code(turn.allocate()) for turn in clients]
         assert codes.count(None) == 30
         assert codes.count(486) == 2
-    finally:
-        for turn in clients:
-            turn.close()
 
 
 def test_killed_worker_is_replaced_and_the_other_keeps_its_allocations(relay):
-    peer = EchoPeer()
-    clients = [RawTurnClient(relay.address) for _ in range(12)]
-    try:
-        for turn in clients:
-            assert error_code(turn.allocate()) is None
-            bind_channel(turn, peer.address)
+    with bound_clients(relay, 12) as clients:
         before = worker_pids(relay)
         os.kill(before[0], signal.SIGKILL)
         assert wait_for(lambda: len(worker_pids(relay)) == 2 and worker_pids(relay) != before)
@@ -132,10 +126,6 @@ def test_killed_worker_is_replaced_and_the_other_keeps_its_allocations(relay):
         # Clients of the dead worker can allocate again (on whichever worker now owns their 5-tuple).
         orphans = [turn for turn in clients if turn not in survivors]
         assert all(error_code(turn.allocate()) is None for turn in orphans)
-    finally:
-        peer.close()
-        for turn in clients:
-            turn.close()
 
 
 def test_sighup_reaches_every_worker(relay):
