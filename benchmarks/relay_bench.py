@@ -53,7 +53,7 @@ MIN_PORT, MAX_PORT = 20000, 31999
 # the server loses packets.
 LOAD_NICE = -10
 
-FIXED_RATE = 1000  # pps for the RTT figures (issue 3: "a moderate rate")
+FIXED_RATE = 1000  # pps for the RTT figures ("a moderate rate")
 LOSS_LIMIT = 0.1  # percent, for max pps
 MIB = 1024 * 1024
 
@@ -80,12 +80,12 @@ class Scenario:
         return f"{kind}{over}, {self.allocations} allocation{'s' if self.allocations > 1 else ''}, {self.size} B"
 
 
-# TURN over TLS (issue 9): ChannelData over TLS, 10 allocations, 100 B, against coturn with TLS.
+# TURN over TLS: ChannelData over TLS, 10 allocations, 100 B, against coturn with TLS.
 TLS_SCENARIO = Scenario("channels", 10, 100, "tls")
 
 
 def plan(*, quick: bool = False) -> list[Scenario]:
-    """Every scenario issues 3 and 9 ask for; `quick` keeps one of each mode and the TLS one."""
+    """Every scenario the relay targets ask for; `quick` keeps one of each mode and the TLS one."""
     if quick:
         return [Scenario("channels", 1, 100), Scenario("indications", 10, 1000), TLS_SCENARIO]
     return [*(Scenario(mode, n, size)

@@ -94,12 +94,12 @@ def allocation_table(allocations: dict, servers: list[str]) -> str:
     return "\n".join(lines)
 
 
-# The scenario issue 11's targets name: workers = 2, ChannelData 100 B, 10 allocations (over UDP).
+# The scenario the relay's headline targets name: workers = 2, ChannelData 100 B, 10 allocations (over UDP).
 HEADLINE = "channels-10x100"
 
 
 def check_targets(results: dict) -> list[dict]:
-    """The performance targets (issues 3, 9 and 11) against each coturn, with the measured figure and whether met.
+    """The performance targets against each coturn, with the measured figure and whether met.
 
     Per-scenario targets are checked in every scenario they apply to and reported by their worst case.
     """
@@ -135,9 +135,9 @@ def check_targets(results: dict) -> list[dict]:
     for anchor in anchors_of(servers):
         for server in (s for s in ours if s.startswith("ours-w2")):
             if headline:
-                add(f"ChannelData 10 allocations 100 B max pps, {server}, ≥ 1.0 x {anchor} (issue 11)",
+                add(f"ChannelData 10 allocations 100 B max pps, {server}, ≥ 1.0 x {anchor}",
                     *worst(headline, server, anchor, "max_pps", True), 1.0, True, "x")
-                add(f"ChannelData 10 allocations 100 B CPU per relayed packet, {server}, ≤ 1.0 x {anchor} (issue 11)",
+                add(f"ChannelData 10 allocations 100 B CPU per relayed packet, {server}, ≤ 1.0 x {anchor}",
                     *worst(headline, server, anchor, "cpu_us_per_packet", False), 1.0, False, "x")
             add(f"ChannelData max pps, {server}, ≥ 1.0 x {anchor}",
                 *worst(channel, server, anchor, "max_pps", True), 1.0, True, "x")
@@ -146,7 +146,7 @@ def check_targets(results: dict) -> list[dict]:
                 *worst(channel, server, anchor, "max_pps", True), 0.6, True, "x")
         for server in ours:
             if over_tls:
-                add(f"ChannelData over TLS max pps, {server}, ≥ 0.8 x {anchor} (issue 9)",
+                add(f"ChannelData over TLS max pps, {server}, ≥ 0.8 x {anchor}",
                     *worst(over_tls, server, anchor, "max_pps", True), 0.8, True, "x")
             add(f"CPU per relayed packet, {server}, ≤ 2 x {anchor}",
                 *worst(results["scenarios"], server, anchor, "cpu_us_per_packet", False), 2.0, False, "x")
