@@ -117,6 +117,7 @@ class NodeConnection(Deadline, Protocol):
             if self.reader.done:
                 return self.end(data)
             if not data:
+                fw.response_continues(self)
                 return
         try:
             pieces, rest = self.reader.feed(data)
@@ -124,8 +125,11 @@ class NodeConnection(Deadline, Protocol):
             return self.broken(fw, e.detail)
         if pieces:
             fw.response_body(pieces)
-        if self.reader.done and self.forwarder is fw:
-            self.end(rest)
+        if self.reader.done:
+            if self.forwarder is fw:
+                self.end(rest)
+        elif not fw.back_pressure and self.forwarder is fw:
+            fw.response_continues(self)
 
     def broken(self, fw: Forwarder, detail: str) -> None:
         log.warn("node {node} sent a malformed response: {detail}", node=self.node.key, detail=detail)
