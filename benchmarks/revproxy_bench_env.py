@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import ipaddress
 import json
 import os
 import shutil
@@ -20,12 +19,12 @@ import subprocess
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import procstat
 
 from tests.support.net import free_port, wait_for_port
 from tests.support.processes import PYTHON, ROOT, TWISTD  # noqa: F401 (the scripts import them from here)
+from tests.support.revproxy_process import subject_alt_names
 
 NODE_HOSTS = ("127.0.0.2", "127.0.0.3", "127.0.0.4")
 SMALL_PATH = "/api/client/v2/conferences/bench/status"
@@ -60,16 +59,10 @@ def make_certificate(where: Path, name: str, hosts: tuple[str, ...]) -> tuple[Pa
     key = ec.generate_private_key(ec.SECP256R1())
     now = datetime.datetime.now(datetime.UTC)
     subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])])
-    sans: list[Any] = []
-    for h in hosts:
-        try:
-            sans.append(x509.IPAddress(ipaddress.ip_address(h)))
-        except ValueError:
-            sans.append(x509.DNSName(h))
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(hours=1))
             .not_valid_after(now + datetime.timedelta(days=7))
-            .add_extension(x509.SubjectAlternativeName(sans), critical=False)
+            .add_extension(subject_alt_names(hosts), critical=False)
             .sign(key, hashes.SHA256()))
     cert_pem = cert.public_bytes(serialization.Encoding.PEM)
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,

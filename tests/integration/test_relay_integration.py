@@ -12,21 +12,13 @@ import time
 
 import pytest
 
-from tests.support.relay_process import EchoPeer, RelayProcess, free_port, relay_fixture
+from tests.support.coturn import turn_peer_fixture
+from tests.support.relay_process import EchoPeer, RelayProcess, relay_fixture
 
 relay = relay_fixture("relay")
 
 
-@pytest.fixture(scope="module")
-def turn_peer():
-    """coturn's turnutils_peer: a UDP echo peer on loopback."""
-    port = free_port()
-    peer = subprocess.Popen(["turnutils_peer", "-L", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.3)
-    yield port
-    peer.terminate()
-    peer.wait(5)
+turn_peer = turn_peer_fixture()  # coturn's turnutils_peer: a UDP echo peer on loopback
 
 
 def run_uclient(relay: RelayProcess, peer_port: int, *flags: str, clients: int = 3, messages: int = 50,

@@ -18,16 +18,16 @@ import contextlib
 import os
 import random
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from relay.client import Success, TurnClient
 from tests.support.net import free_port
 from tests.support.processes import stop_process
+from tests.support.relay_process import udp_binding
 
 TURNSERVER = shutil.which("turnserver") or "/usr/bin/turnserver"
 
@@ -36,30 +36,6 @@ class CoturnError(RuntimeError):
     """turnserver could not be started, or did not answer in time."""
 
 
-
-
-def binding_answered(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True if a STUN Binding request to host:port (UDP) gets a success response within `timeout`."""
-    client = TurnClient(rto=0.1, max_sends=3, last_wait=2)
-    handle = client.request_binding(time.monotonic())
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.connect((host, port))
-        deadline = time.monotonic() + timeout
-        while (now := time.monotonic()) < deadline:
-            for datagram in client.data_to_send():
-                sock.send(datagram)
-            sock.settimeout(max(0.01, min(deadline, client.next_timeout() or deadline) - now))
-            try:
-                data = sock.recv(65536)
-            except TimeoutError:
-                client.handle_timeout(time.monotonic())
-                continue
-            except ConnectionRefusedError:
-                return False
-            for event in client.receive(data, time.monotonic()):
-                if isinstance(event, Success) and event.handle == handle:
-                    return True
-    return False
 
 
 class Coturn:
@@ -144,7 +120,7 @@ class Coturn:
                 log_text = self.log()
                 self.stop()
                 raise CoturnError(f"turnserver exited with {self.process.returncode}:\n{log_text[-2000:]}")
-            if binding_answered(self.host, self.port):
+            if udp_binding(self.host, self.port, 0.5) is not None:
                 return self
             time.sleep(0.05)
         log_text = self.log()
@@ -171,3 +147,28 @@ def running_coturn(**kwargs: object) -> Iterator[Coturn]:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def turnutils_peer(host: str = "127.0.0.1") -> Iterator[int]:
+    """coturn's turnutils_peer, a UDP echo peer on `host`; its port. Stopped (by its Popen) at the end."""
+    port = free_port(host)
+    peer = subprocess.Popen(["turnutils_peer", "-L", host, "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(0.3)  # it prints nothing when ready; it binds at once
+    try:
+        yield port
+    finally:
+        stop_process(peer, 5)
+
+
+def turn_peer_fixture() -> Any:
+    """A module-scoped pytest fixture giving the port of a `turnutils_peer` on 127.0.0.1."""
+    import pytest
+
+    @pytest.fixture(scope="module")
+    def turn_peer() -> Iterator[int]:
+        with turnutils_peer() as port:
+            yield port
+
+    return turn_peer

@@ -60,14 +60,21 @@ def _cert(subject: str, key: Any, issuer: Any = None, issuer_key: Any = None, ca
     if ca:
         b = b.add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), True)
     if names:
-        sans: list[Any] = []
-        for n in names:
-            try:
-                sans.append(x509.IPAddress(ipaddress.ip_address(n)))
-            except ValueError:
-                sans.append(x509.DNSName(n))
-        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        b = b.add_extension(subject_alt_names(names), critical=False)
     return b.sign(issuer_key or key, hashes.SHA256())
+
+
+def subject_alt_names(names: Any) -> Any:
+    """A SubjectAlternativeName extension: an IP address entry for each address, a DNS name for the rest."""
+    from cryptography import x509
+
+    sans: list[Any] = []
+    for n in names:
+        try:
+            sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+        except ValueError:
+            sans.append(x509.DNSName(n))
+    return x509.SubjectAlternativeName(sans)
 
 
 def _pem_cert(c: Any) -> bytes:
