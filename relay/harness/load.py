@@ -37,11 +37,10 @@ from relay.client import (
     DataReceived,
     Failure,
     PacketTemplate,
-    StreamFramer,
     Success,
     TurnClient,
-    data_payload_offset,
 )
+from relay.client_stream import StreamFramer, data_payload_offset
 from relay.harness.common import family_of, raise_buffers
 from relay.stun import Method
 

@@ -30,10 +30,10 @@ from relay.client import (
     Credentials,
     DataReceived,
     Failure,
-    StreamFramer,
     Success,
     TurnClient,
 )
+from relay.client_stream import StreamFramer
 
 log = Logger()
 

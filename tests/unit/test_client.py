@@ -12,11 +12,10 @@ from relay.client import (
     Credentials,
     DataReceived,
     Failure,
-    StreamFramer,
     Success,
     TurnClient,
-    data_payload_offset,
 )
+from relay.client_stream import StreamFramer, data_payload_offset
 from relay.stun import Attr, Message, MessageClass, Method
 
 PEER = ("192.0.2.10", 5000)
