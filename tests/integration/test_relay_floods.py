@@ -13,7 +13,7 @@ import time
 
 from relay import stun
 from relay.stun import Attr, Method
-from tests.support.relay_process import RawTurnClient, RelayProcess, binding_request, error_code
+from tests.support.relay_process import RawTurnClient, RelayProcess, binding_request, error_code, udp_binding
 
 
 def tcp_binding(conn: socket.socket, timeout: float = 2.0) -> stun.Message | None:
@@ -212,27 +212,14 @@ def test_requests_from_a_source_without_allocation_are_rate_limited_and_others_s
         flooder.close()
         assert 40 <= answered <= 60, f"{answered} of 200 Bindings from one source answered"
         # Another source is untouched, and a source that authenticated is trusted for its next 5-tuples.
-        assert udp_binding_from("127.1.0.8", relay.address) is not None
+        assert udp_binding(*relay.address, source="127.1.0.8") is not None
         alice = RawTurnClient(relay.address, source="127.1.0.9")
         assert error_code(alice.allocate()) is None
         for _ in range(60):
-            assert udp_binding_from("127.1.0.9", relay.address) is not None
+            assert udp_binding(*relay.address, source="127.1.0.9") is not None
         alice.close()
     finally:
         relay.stop()
-
-
-def udp_binding_from(source: str, server: tuple[str, int]) -> stun.Message | None:
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((source, 0))
-        sock.settimeout(1.0)
-        request, transaction_id = binding_request()
-        sock.sendto(request, server)
-        try:
-            response = stun.parse(sock.recv(2048))
-        except TimeoutError:
-            return None
-        return response if response.transaction_id == transaction_id else None
 
 
 def test_a_user_name_cannot_forge_a_log_line(tmp_path):

@@ -31,11 +31,13 @@ def binding_request() -> tuple[bytes, bytes]:
     return stun.encode(message, fingerprint=True), transaction_id
 
 
-def udp_binding(host: str, port: int, timeout: float = 1.0) -> stun.Message | None:
-    """One STUN Binding over UDP; the parsed response, or None on timeout."""
+def udp_binding(host: str, port: int, timeout: float = 1.0, *, source: str | None = None) -> stun.Message | None:
+    """One STUN Binding over UDP (from `source` when given); the parsed response, or None on timeout."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     request, transaction_id = binding_request()
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        if source is not None:
+            sock.bind((source, 0))
         sock.settimeout(timeout)
         sock.sendto(request, (host, port))
         try:
