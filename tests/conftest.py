@@ -39,3 +39,11 @@ def pytest_collection_modifyitems(session, config, items):
         if missing:
             raise pytest.UsageError(
                 f"missing tools {missing}: run `bash .ci/setup` (installs Debian's coturn, curl, openssl)")
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A throwaway PKI (tests.support.revproxy_process.Pki: root, intermediate, a localhost bundle) for one module."""
+    from tests.support.revproxy_process import Pki
+
+    return Pki(tmp_path_factory.mktemp("pki"))

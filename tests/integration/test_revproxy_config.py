@@ -58,11 +58,6 @@ def test_twistd_exits_nonzero_with_one_clear_line_on_bad_config(tmp_path):
     assert "Traceback" not in r.stderr + r.stdout
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return Pki(tmp_path_factory.mktemp("pki"))
-
-
 @pytest.mark.parametrize(("parts", "words"), [
     (lambda p: (p.key_pem, p.leaf_pem, p.intermediate_pem), "wrong order"),
     (lambda p: (p.leaf_pem, p.other_key_pem, p.intermediate_pem), "does not match"),

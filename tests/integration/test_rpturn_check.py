@@ -17,8 +17,9 @@ from typing import Any
 import pytest
 
 from appliance import cli
-from tests.support.net import free_port
-from tests.support.revproxy_process import ROOT, TWISTD, VENV_BIN, Pki, toml_value, wait_for_port
+from tests.support.net import free_port, wait_for_port
+from tests.support.processes import ROOT, VENV_BIN, stop_process, toml_value, twistd_command
+from tests.support.revproxy_process import Pki
 
 RPTURN = str(VENV_BIN / "rpturn")
 SAMPLE = ROOT / "conf" / "rpturn.toml"
@@ -89,11 +90,6 @@ def check(path: Path, *args: str, cwd: Path | None = None) -> subprocess.Complet
 @pytest.fixture
 def setup(tmp_path):
     return Setup(tmp_path)
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return Pki(tmp_path_factory.mktemp("pki"))
 
 
 def test_sample_config_passes(setup):
@@ -270,8 +266,8 @@ def test_ports_held_by_the_running_appliance_are_warnings(setup, tmp_path):
     """Next to the real `twistd rpturn`: its own ports are warnings (exit 0); a port someone else holds is not."""
     pidfile = tmp_path / "rpturn.pid"
     log = (tmp_path / "twistd.log").open("wb")
-    proc = subprocess.Popen([TWISTD, "-n", f"--pidfile={pidfile}", "rpturn", "--config", str(setup.sample)],
-                            cwd=str(tmp_path), stdout=log, stderr=subprocess.STDOUT)
+    proc = subprocess.Popen(twistd_command("rpturn", setup.sample, pidfile=pidfile), cwd=str(tmp_path), stdout=log,
+                            stderr=subprocess.STDOUT)
     try:
         wait_for_port("127.0.0.1", setup.ports["management"], 20, proc)
         wait_for_port("127.0.0.1", setup.ports["https"], 20, proc)
@@ -292,8 +288,7 @@ def test_ports_held_by_the_running_appliance_are_warnings(setup, tmp_path):
         assert r.returncode == 1
         assert f"{path}: [revproxy] https: 127.0.0.1:{taken} (TCP) is already in use by another process" in r.stdout
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_process(proc, 30)
         log.close()
 
 

@@ -16,11 +16,6 @@ DAY = datetime.timedelta(days=1)
 HOUR = datetime.timedelta(hours=1)
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory):
-    return Pki(tmp_path_factory.mktemp("pki"))
-
-
 def problems(inspection: certs.Inspection) -> list[tuple[Severity, Problem]]:
     return [(f.severity, f.problem) for f in inspection.findings]
 
