@@ -63,6 +63,9 @@ def after_failure(kind: NodeFailure, *, idempotent: bool, response_started: bool
 _RETRYABLE = frozenset({NodeFailure.LOST, NodeFailure.TIMEOUT, NodeFailure.STALE})
 
 
+RETRY_STATUSES = (502, 503, 504)
+
+
 def retry_status(status: int, *, idempotent: bool, attempts_left: int) -> bool:
     """A node's 502/503/504 is passed on, unless an idempotent request has another node to try."""
-    return status in (502, 503, 504) and idempotent and attempts_left > 0
+    return status in RETRY_STATUSES and idempotent and attempts_left > 0

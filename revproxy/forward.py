@@ -113,7 +113,8 @@ class Forwarder:
         self.body_sent = 0
         self.written = False
         self.ex.connected()
-        self.resume_client()
+        if self.paused:
+            self.resume_client()
         up.transport.write(self.request_bytes)
         self.sent_at = self.ctx.reactor.seconds()
         self.ctx.stats.node_request(self.ex.node.key)  # type: ignore[union-attr]

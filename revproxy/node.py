@@ -141,7 +141,7 @@ class NodeConnection(Deadline, Protocol):
         fw, head = self.forwarder, self.head
         self.forwarder, self.head, self.reader = None, None, None
         reusable = not rest and head.keep_alive and head.framing != UNTIL_CLOSE  # type: ignore[union-attr]
-        self.set_deadline(None)
+        self.deadline = None  # (set_deadline(None), inlined: once per request)
         fw.response_end(self, reusable)  # type: ignore[union-attr]
 
     def _on_deadline(self) -> None:

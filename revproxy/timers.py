@@ -25,10 +25,11 @@ class Deadline:
         reactor = self.reactor
         when = reactor.seconds() + delay
         self.deadline = when
-        if self._timer is None:
+        timer = self._timer
+        if timer is None:
             self._timer = reactor.callLater(delay, self._fire)
-        elif exact and self._timer.getTime() > when:
-            self._timer.reset(delay)
+        elif exact and timer.time > when:  # (`time`, not getTime(): these timers only move earlier, never delayed)
+            timer.reset(delay)
 
     def _fire(self) -> None:
         self._timer = None
