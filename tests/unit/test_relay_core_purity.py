@@ -13,6 +13,8 @@ PURE_MODULES = (
     "relay.relay_ports",
     "relay.transactions",
     "relay.stun",
+    "relay.stun_message",
+    "relay.client_stream",
     "relay.ports",
     "relay.policy",
     "relay.ratelimit",
