@@ -1,4 +1,5 @@
-"""Small pieces the harness tools share: HOST[:PORT] parsing and socket buffer sizing."""
+"""Small pieces the harness tools share: HOST[:PORT] parsing, socket buffer sizing, the client TLS context, and the
+datagrams the kernel dropped on our own UDP sockets."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import contextlib
 import ipaddress
 import socket
+import ssl
 
 from appliance.config import parse_hostport
 
@@ -66,3 +68,36 @@ def non_negative_float(text: str) -> float:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must not be negative: {text!r}")
     return value
+
+
+def client_tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """TLS 1.2+ client context: verifying against `ca_file`, or (None) accepting any certificate, as coturn's
+    turnutils_uclient does: a load tool measures the relay, the tests check certificates elsewhere."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    if ca_file:
+        context.load_verify_locations(ca_file)
+    else:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+PROC_UDP = ("/proc/net/udp", "/proc/net/udp6")
+
+
+def udp_socket_drops(inodes: set[int], tables: tuple[str, ...] = PROC_UDP) -> int | None:
+    """Datagrams the kernel dropped (receive buffer full) on the UDP sockets with these inodes, from the `drops`
+    column of /proc/net/udp{,6}; None where those tables cannot be read."""
+    total = 0
+    try:
+        for table in tables:
+            with open(table) as lines:
+                next(lines, None)  # header
+                for line in lines:
+                    fields = line.split()
+                    if len(fields) >= 13 and int(fields[9]) in inodes:
+                        total += int(fields[-1])
+    except (OSError, ValueError):
+        return None
+    return total

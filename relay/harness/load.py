@@ -24,16 +24,13 @@ import socket
 import ssl
 import struct
 import time
-from array import array
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 from appliance.limits import raise_open_files_limit
 from relay import stun
 from relay.client import (
     TIMEOUT,
-    Credentials,
     DataReceived,
     Failure,
     PacketTemplate,
@@ -41,7 +38,8 @@ from relay.client import (
     TurnClient,
 )
 from relay.client_stream import StreamFramer, data_payload_offset
-from relay.harness.common import family_of, raise_buffers
+from relay.harness.common import client_tls_context, family_of, raise_buffers, udp_socket_drops
+from relay.harness.load_types import LoadOptions, RunResult, SetupResult
 from relay.stun import Method
 
 Address = tuple[str, int]
@@ -54,75 +52,6 @@ _STEP = struct.Struct("!I")
 WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
 MIN_SIZE = _STAMP.size
 now_ns = time.perf_counter_ns
-
-
-@dataclass(frozen=True)
-class LoadOptions:
-    server: Address
-    credentials: Credentials
-    tcp: bool = False
-    peer: Address | None = None
-    channels: bool = True
-    size: int = 100
-    traffic: bool = True  # False: allocate only (no permission, no channel)
-    setup_timeout: float = 60.0
-    raw_echo: bool = False  # measure the client alone: no TURN, the frames go to a plain UDP echo and come back
-    tls: bool = False  # TURN over TLS (set tcp too: the framing is the stream's)
-    ca_file: str | None = None  # with tls: verify the server against this CA bundle; None: no verification
-    server_name: str | None = None  # with tls: SNI and the name checked with ca_file
-
-
-def client_tls_context(ca_file: str | None) -> ssl.SSLContext:
-    """TLS 1.2+ client context: verifying against `ca_file`, or (None) accepting any certificate, as coturn's
-    turnutils_uclient does: a load tool measures the relay, the tests check certificates elsewhere."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    if ca_file:
-        context.load_verify_locations(ca_file)
-    else:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
-@dataclass
-class SetupResult:
-    allocations: int = 0
-    allocation_seconds: float = 0.0
-    ready: int = 0
-    errors: Counter[str] = field(default_factory=Counter)
-
-
-@dataclass
-class RunResult:
-    sent: int = 0
-    received: int = 0
-    late: int = 0  # echoes of an earlier step's packets
-    send_seconds: float = 0.0
-    seconds: float = 0.0
-    rtt_ns: array = field(default_factory=lambda: array("q"))
-    errors: Counter[str] = field(default_factory=Counter)
-    client_drops: int | None = None  # echoes dropped in our own full sockets; None: unknown (TCP, no /proc)
-
-
-PROC_UDP = ("/proc/net/udp", "/proc/net/udp6")
-
-
-def udp_socket_drops(inodes: set[int], tables: tuple[str, ...] = PROC_UDP) -> int | None:
-    """Datagrams the kernel dropped (receive buffer full) on the UDP sockets with these inodes, from the `drops`
-    column of /proc/net/udp{,6}; None where those tables cannot be read."""
-    total = 0
-    try:
-        for table in tables:
-            with open(table) as lines:
-                next(lines, None)  # header
-                for line in lines:
-                    fields = line.split()
-                    if len(fields) >= 13 and int(fields[9]) in inodes:
-                        total += int(fields[-1])
-    except (OSError, ValueError):
-        return None
-    return total
 
 
 def error_key(failure: Failure) -> str:

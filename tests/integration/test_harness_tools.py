@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from relay.harness.load import RunResult, udp_socket_drops
+from relay.harness.common import udp_socket_drops
+from relay.harness.load import RunResult
 from relay.harness.uclient import CLIENT_DROPS, HELD, LOST, SHORT, Step, parse_args, search_max_pps
 from tests.support.coturn import Coturn, free_port, running_coturn
 
