@@ -54,7 +54,7 @@ class Balancer:
 
         Empty when every node is down: the caller answers 502 at once instead of waiting on dead nodes."""
         now = self.clock()
-        up = [n for n in self.nodes if n.usable(now)]
+        up = [n for n in self.nodes if n.healthy and now >= n.down_until]  # (Node.usable, inlined: per request)
         if len(up) <= 1:
             return up
         if self.balance == "client_ip":
