@@ -24,6 +24,8 @@ log = Logger(namespace="revproxy")
 
 SECRET_PARAMETERS = frozenset({b"token", b"pin", b"code", b"state", b"data"})
 _SEPARATORS = re.compile(rb"([&;])")
+# The usual methods as logged (printable ASCII: nothing to escape), looked up instead of escaped per request.
+_METHODS = {m: m.decode() for m in (b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH")}
 
 
 def scrub(target: bytes) -> str:
@@ -44,7 +46,8 @@ def scrub(target: bytes) -> str:
 def line(ex: Exchange, now: float) -> str:
     head, node = ex.head, ex.node
     referer = head.get(b"referer")
-    return (f'{ex.client_ip} "{escape_bytes(head.method)} {scrub(head.target)}" {ex.status} {ex.sent} '
+    method = _METHODS.get(head.method) or escape_bytes(head.method)
+    return (f'{ex.client_ip} "{method} {scrub(head.target)}" {ex.status} {ex.sent} '
             f'node={node.key if node else "-"} node_status={ex.node_status} {(now - ex.began) * 1000:.1f}ms'
             + (f' referer="{scrub(referer)}"' if referer is not None else ""))
 
