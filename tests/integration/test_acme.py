@@ -12,9 +12,8 @@ from pathlib import Path
 
 from tests.support.appliance_process import ApplianceProcess, self_signed_site
 from tests.support.pebble import Pebble
-from tests.support.revproxy_process import VENV_BIN, Pki
-
-RPTURN = str(VENV_BIN / "rpturn")
+from tests.support.processes import RPTURN
+from tests.support.revproxy_process import Pki
 
 
 def served(port: int) -> tuple[str, str]:

@@ -14,9 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import dsa
 
 from tests.support import revproxy_process as rp
 from tests.support.appliance_process import ApplianceProcess, self_signed_site
-from tests.support.revproxy_process import VENV_BIN, Pki
-
-RPTURN = str(VENV_BIN / "rpturn")
+from tests.support.processes import RPTURN
+from tests.support.revproxy_process import Pki
 
 
 def served_fingerprint(port: int) -> str:

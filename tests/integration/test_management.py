@@ -25,11 +25,11 @@ from prometheus_client.parser import text_string_to_metric_families
 from relay import stun
 from tests.support.appliance_process import ApplianceProcess
 from tests.support.net import free_port
+from tests.support.processes import RPTURN
 from tests.support.relay_process import EchoPeer, RawTurnClient, error_code, udp_binding
-from tests.support.revproxy_process import ROOT, Nodes, Pki, request
+from tests.support.revproxy_process import Nodes, Pki, request
 from tests.support.tmux import Terminal
 
-RPTURN = str(ROOT / ".venv" / "bin" / "rpturn")
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"

@@ -18,10 +18,9 @@ import pytest
 
 from appliance import cli
 from tests.support.net import free_port, wait_for_port
-from tests.support.processes import ROOT, VENV_BIN, stop_process, toml_value, twistd_command
+from tests.support.processes import ROOT, RPTURN, stop_process, toml_value, twistd_command
 from tests.support.revproxy_process import Pki
 
-RPTURN = str(VENV_BIN / "rpturn")
 SAMPLE = ROOT / "conf" / "rpturn.toml"
 DAY = datetime.timedelta(days=1)
 ONE_YEAR = (datetime.timedelta(hours=-1), 365 * DAY)

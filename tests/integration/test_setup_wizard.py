@@ -13,10 +13,10 @@ from pathlib import Path
 import tomlkit
 
 from tests.support.net import free_port
-from tests.support.revproxy_process import ROOT, VENV_BIN
+from tests.support.processes import RPTURN
+from tests.support.revproxy_process import ROOT
 from tests.support.tmux import Terminal
 
-RPTURN = str(VENV_BIN / "rpturn")
 PASSWORD = "goodpassword1"
 
 

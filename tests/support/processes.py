@@ -14,6 +14,7 @@ ROOT = Path(__file__).resolve().parents[2]
 VENV_BIN = ROOT / ".venv" / "bin"
 PYTHON = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
 TWISTD = str(VENV_BIN / "twistd") if (VENV_BIN / "twistd").exists() else str(Path(sys.executable).with_name("twistd"))
+RPTURN = str(VENV_BIN / "rpturn")  # the operator command
 
 
 def toml_value(v: Any) -> str:
