@@ -3,12 +3,13 @@
 
     .venv/bin/python benchmarks/revproxy_micro.py [--requests 3000] [--access-log off|file|twistd] [--top 25]
 
-The real proxy objects (`ProxyContext`, `ClientConnection` and `NodeConnection` under `appliance.tls_transport`,
-the forwarder, exchange, heads, the connection pool and the access log) on a `MemoryReactorClock`, with real TLS on
-both sides: a browser and a node stand-in are plain `ssl.SSLObject`s driven by this script, and the proxy's TCP
-transports are in-memory (`BenchTransport`). One keep-alive client connection sends the benchmark's small-JSON GET
-over and over; round-robin sends them over three nodes, as in the wrk benchmark (`--nodes`), whose stand-ins
-answer each with the small JSON (Content-Length) over one pooled connection each.
+The real proxy objects (`ProxyContext` with the request guards the service installs, `ClientConnection` and
+`NodeConnection` under `appliance.tls_transport`, the forwarder, exchange, heads, the connection pool and the access
+log) on a `MemoryReactorClock`, with real TLS on both sides: a browser and a node stand-in are plain
+`ssl.SSLObject`s driven by this script, and the proxy's TCP transports are in-memory (`BenchTransport`). One
+keep-alive client connection sends the benchmark's small-JSON GET over and over; round-robin sends them over three
+nodes, as in the wrk benchmark (`--nodes`), whose stand-ins answer each with the small JSON (Content-Length) over
+one pooled connection each.
 
 Per request, only the proxy's side is measured: the client's TLS records into the proxy (head parsed, routed, the
 request encrypted towards the node) and the node's records into the proxy (response head rewritten, encrypted
@@ -45,7 +46,7 @@ from twisted.logger import globalLogBeginner, textFileLogObserver
 
 from appliance import certs
 from appliance.tls_transport import TLSFactory
-from revproxy import node_tls
+from revproxy import guards, ldap_guard, node_tls
 from revproxy.balancer import Balancer, Node
 from revproxy.client import ProxyFactory
 from revproxy.config import NodeSpec, ProxyConfig
@@ -190,6 +191,8 @@ class Bench:
                             clock=self.reactor.seconds)
         creators = {s.name: node_tls.client_creator(s.host, None, False) for s in specs}
         self.ctx = ProxyContext(self.config, balancer, self.reactor, creators)  # type: ignore[arg-type]
+        guards.install(self.ctx)  # as RevproxyService does: both guards are asked about every request, even off
+        ldap_guard.install(self.ctx)
         server_tls = certs.ServerTLS(bundle)
 
         # the client connection: a browser Peer <-> TLSConnection(ClientConnection)
