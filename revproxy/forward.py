@@ -71,11 +71,12 @@ class Forwarder:
         while index < len(guards):
             verdict = guards[index](self.ex)
             index += 1
+            if verdict is None:  # the usual answer (a guard that is off, or lets the request through)
+                continue
             if isinstance(verdict, Deferred):
                 verdict.addCallback(self._guarded, index).addErrback(self._guard_failed)
                 return
-            if verdict is not None:
-                return self.fail(verdict.status, verdict.detail, verdict.extra)
+            return self.fail(verdict.status, verdict.detail, verdict.extra)
         self.route()
 
     def _guarded(self, verdict: HTTPError | None, index: int) -> None:

@@ -44,6 +44,8 @@ class PinGuardHook:
 
     def __call__(self, ex: Exchange) -> HTTPError | None:
         """The guard: BLOCK -> 429 without reaching a node."""
+        if not self.ctx.config.pin_guard.enabled:  # off (the default): no call per request
+            return None
         if self.settings() is None or not is_guarded(ex.head.method, ex.head.target):
             return None
         if self.core.verdict(ex.client_ip) is Verdict.BLOCK:
