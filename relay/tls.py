@@ -135,13 +135,6 @@ def tls_factory(core: Any, local: tuple[str, int], clock: Any, tls: RelayTLS) ->
 
 def listen_tls(reactor: Any, core: Any, host: str, port: int, tls: RelayTLS, sock: Any = None) -> Any:
     """A `tls_listen` listener on host:port, on `sock` when the supervisor handed one down."""
-    from appliance.sockets import bind_tcp
+    from appliance.sockets import listen_on
 
-    factory = tls_factory(core, (host, port), reactor, tls)
-    if sock is None:
-        sock = bind_tcp(host, port)
-    sock.setblocking(False)
-    # adoptStreamPort duplicates the descriptor: the reactor's copy is the one that stays open.
-    port_object = reactor.adoptStreamPort(sock.fileno(), sock.family, factory)
-    sock.close()
-    return port_object
+    return listen_on(reactor, tls_factory(core, (host, port), reactor, tls), host, port, sock)
