@@ -25,11 +25,6 @@ SECRET = "coturn-shared-secret-0123456789"
 
 
 @pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki(tmp_path_factory.mktemp("pki"))
-
-
-@pytest.fixture(scope="module")
 def coturn(pki: Pki) -> Iterator[Coturn]:
     with running_coturn(tls_bundle=pki.bundle, auth_secret=SECRET) as server:
         yield server

@@ -20,7 +20,8 @@ import pytest
 from relay import stun
 from relay.auth import NonceIssuer
 from relay.restauth import make_credentials
-from tests.support.net import free_port
+from tests.support.coturn import turn_peer_fixture
+from tests.support.net import free_port, still_open_after
 from tests.support.relay_process import EchoPeer, RawTurnClient, RelayProcess, error_code, udp_binding
 from tests.support.revproxy_process import Pki
 
@@ -29,11 +30,6 @@ FIRST, SECOND = "first-shared-secret-0123456789", "second-shared-secret-01234567
 FILE_SECRET = "file-shared-secret-0123456789"
 NONCE_SECRET = "00112233445566778899aabbccddeeff"
 PER_SOURCE = 20  # tcp_unallocated_per_ip: control connections without an allocation from one address
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +50,7 @@ def relay(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[RelayP
     assert "Traceback" not in process.log()
 
 
-@pytest.fixture(scope="module")
-def turn_peer() -> Iterator[int]:
-    port = free_port()
-    peer = subprocess.Popen(["turnutils_peer", "-L", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.3)
-    yield port
-    peer.terminate()
-    peer.wait(5)
+turn_peer = turn_peer_fixture()  # coturn's turnutils_peer: a UDP echo peer on loopback
 
 
 def turnutils_uclient(port: int, peer_port: int, *flags: str, clients: int = 3, messages: int = 50) -> dict:
@@ -188,7 +176,7 @@ def test_floods_of_garbage_and_half_handshakes_on_tls_listen_are_bounded(relay: 
         sock.sendall(not_tls[i % 3] if i % 2 else hello)
         (garbage if i % 2 else half).append(sock)
     # Meanwhile a real client (from another address: the flood's has hit its per-source limit) is served.
-    context = ssl.create_default_context(cafile=str(pki.root))
+    context = pki.client_context()
     with socket.create_connection(("127.0.0.1", relay.tls_port), timeout=5, source_address=("127.0.0.3", 0)) as raw, \
             context.wrap_socket(raw, server_hostname="localhost") as tls:
         request = stun.encode(stun.Message(stun.Method.BINDING, stun.MessageClass.REQUEST, os.urandom(12), []))
@@ -204,19 +192,7 @@ def test_floods_of_garbage_and_half_handshakes_on_tls_listen_are_bounded(relay: 
         sock.close()
     assert closed == len(garbage)
     # A handshake that never finishes is closed by the server after HANDSHAKE_TIMEOUT (or refused at once).
-    deadline = time.monotonic() + HANDSHAKE_TIMEOUT + 3
-    still_open = list(half)
-    while still_open and time.monotonic() < deadline:
-        for sock in list(still_open):
-            sock.settimeout(0.01)
-            try:
-                if sock.recv(4096) == b"":
-                    still_open.remove(sock)
-            except TimeoutError:
-                pass
-            except ConnectionResetError:
-                still_open.remove(sock)
-        time.sleep(0.2)
+    still_open = still_open_after(half, HANDSHAKE_TIMEOUT + 3)
     for sock in half:
         sock.close()
     assert not still_open, f"{len(still_open)} half-done handshakes still open"
@@ -288,7 +264,7 @@ def test_aioice_turn_client_over_tls_with_rest_credentials(relay: RelayProcess, 
 
     peer = EchoPeer()
     username, password = make_credentials(FIRST, "aioice", 600, time.time())
-    context = ssl.create_default_context(cafile=str(pki.root))
+    context = pki.client_context()
     context.check_hostname = False  # aioice connects by address; the chain is still checked against the test CA
 
     class Collect(asyncio.DatagramProtocol):
@@ -324,7 +300,7 @@ def test_aioice_turn_client_over_tls_with_rest_credentials(relay: RelayProcess, 
 
 def test_sighup_rereads_the_certificate_of_tls_listen(relay: RelayProcess, pki: Pki) -> None:
     def served_certificate() -> bytes:
-        context = ssl.create_default_context(cafile=str(pki.root))
+        context = pki.client_context()
         with socket.create_connection(("127.0.0.1", relay.tls_port), timeout=5) as raw, \
                 context.wrap_socket(raw, server_hostname="localhost") as tls:
             return tls.getpeercert(binary_form=True)
@@ -348,7 +324,7 @@ def test_sighup_rereads_the_certificate_of_tls_listen(relay: RelayProcess, pki: 
 
 
 def test_a_flood_of_full_tls_handshakes_is_capped_per_source(relay: RelayProcess, pki: Pki) -> None:
-    context = ssl.create_default_context(cafile=str(pki.root))
+    context = pki.client_context()
     opened, refused = [], 0
     for _ in range(3 * PER_SOURCE):
         raw = socket.socket()

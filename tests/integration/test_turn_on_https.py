@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import ssl
 import subprocess
 import sys
 import time
@@ -22,7 +21,8 @@ from relay import stun
 from relay.restauth import make_credentials
 from tests.support.appliance_process import ApplianceProcess
 from tests.support.chromium import Chromium, relay_round_trip
-from tests.support.net import free_port
+from tests.support.coturn import turn_peer_fixture
+from tests.support.net import free_port, still_open_after
 from tests.support.relay_process import RawTurnClient
 from tests.support.revproxy_process import Nodes, Pki
 
@@ -50,15 +50,7 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ApplianceP
     assert "Traceback" not in app.log()
 
 
-@pytest.fixture(scope="module")
-def turn_peer() -> Iterator[int]:
-    port = free_port()
-    peer = subprocess.Popen(["turnutils_peer", "-L", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    time.sleep(0.3)
-    yield port
-    peer.terminate()
-    peer.wait(5)
+turn_peer = turn_peer_fixture()  # coturn's turnutils_peer: a UDP echo peer on loopback
 
 
 def curl(app: ApplianceProcess, pki: Pki, count: int) -> list[str]:
@@ -144,26 +136,14 @@ def test_floods_of_garbage_and_half_handshakes_on_the_https_port_are_bounded(set
         sock.sendall(kinds[i % 4])
         flood.append(sock)
     # Meanwhile: HTTPS through the proxy, and TURN over TLS, from another address than the flood's.
-    context = ssl.create_default_context(cafile=str(pki.root))
+    context = pki.client_context()
     with socket.create_connection(("127.0.0.1", app.https_port), timeout=5, source_address=("127.0.0.3", 0)) as raw, \
             context.wrap_socket(raw, server_hostname="localhost") as tls:
         tls.sendall(b"GET /whoami HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
         assert tls.recv(100).startswith(b"HTTP/1.1 200")
     # Every flood connection is closed by the server: at once for garbage, after the handshake timeout for the
     # rest (the relay's idle bound for a never-finished STUN header is longer: we close those ourselves).
-    deadline = time.monotonic() + HANDSHAKE_TIMEOUT + 5
-    pending = [s for i, s in enumerate(flood) if i % 4 != 3]
-    while pending and time.monotonic() < deadline:
-        for sock in list(pending):
-            sock.settimeout(0.01)
-            try:
-                if sock.recv(4096) == b"":
-                    pending.remove(sock)
-            except TimeoutError:
-                pass
-            except ConnectionResetError:
-                pending.remove(sock)
-        time.sleep(0.1)
+    pending = still_open_after([s for i, s in enumerate(flood) if i % 4 != 3], HANDSHAKE_TIMEOUT + 5)
     for sock in flood:
         sock.close()
     assert not pending, f"{len(pending)} flood connections still open"

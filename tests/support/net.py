@@ -35,3 +35,22 @@ def wait_for_port(host: str, port: int, timeout: float = 10.0, proc: subprocess.
         except OSError:
             time.sleep(0.05)
     raise TimeoutError(f"nothing listening on {host}:{port}")
+
+
+def still_open_after(socks: list[socket.socket], timeout: float) -> list[socket.socket]:
+    """Wait up to `timeout` for the other end to close each of `socks` (an orderly close or a reset; whatever it
+    sends first is read and dropped); the ones still open then."""
+    deadline = time.monotonic() + timeout
+    pending = list(socks)
+    while pending and time.monotonic() < deadline:
+        for sock in list(pending):
+            sock.settimeout(0.01)
+            try:
+                if sock.recv(4096) == b"":
+                    pending.remove(sock)
+            except TimeoutError:
+                pass
+            except ConnectionResetError:
+                pending.remove(sock)
+        time.sleep(0.1)
+    return pending

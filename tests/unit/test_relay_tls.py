@@ -30,11 +30,6 @@ class TCPStringTransport(StringTransport):
         pass
 
 
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
-    return Pki(tmp_path_factory.mktemp("pki"))
-
-
 class FrameClient(protocol.Protocol):
     def __init__(self) -> None:
         self.buffer = b""
@@ -70,6 +65,16 @@ def connect(harness: TurnHarness, pki: Pki, clock: Clock):
     client_tls, server_tls, pump = connectedServerAndClient(server, client, serverTransportFactory=server_transport,
                                                             clock=clock)
     return client_tls, server_tls, pump
+
+
+def accepted(pki: Pki):
+    """A tls_listen connection as the server accepted it, on an in-memory TCP transport, nothing received yet:
+    (harness, clock, the server's TLS protocol, its transport)."""
+    harness, clock = TurnHarness(), Clock()
+    server_tls = tls_factory(harness.server, SERVER, clock, RelayTLS(str(pki.bundle))).buildProtocol(CLIENT)
+    transport = TCPStringTransport(peerAddress=CLIENT, hostAddress=IPv4Address("TCP", *SERVER))
+    server_tls.makeConnection(transport)
+    return harness, clock, server_tls, transport
 
 
 def binding() -> bytes:
@@ -111,11 +116,7 @@ def test_allocation_over_tls_counts_as_tls_and_pads_channel_data(pki: Pki) -> No
 
 
 def test_handshake_that_does_not_finish_in_time_is_closed_and_counted(pki: Pki) -> None:
-    harness, clock = TurnHarness(), Clock()
-    factory = tls_factory(harness.server, SERVER, clock, RelayTLS(str(pki.bundle)))
-    server_tls = factory.buildProtocol(CLIENT)
-    transport = TCPStringTransport(peerAddress=CLIENT, hostAddress=IPv4Address("TCP", *SERVER))
-    server_tls.makeConnection(transport)
+    harness, clock, server_tls, transport = accepted(pki)
     server_tls.dataReceived(b"\x16\x03\x01")  # the start of a ClientHello, and then nothing
     clock.advance(HANDSHAKE_TIMEOUT - 0.1)
     assert not transport.disconnecting
@@ -125,11 +126,7 @@ def test_handshake_that_does_not_finish_in_time_is_closed_and_counted(pki: Pki) 
 
 
 def test_garbage_instead_of_a_handshake_closes_the_connection(pki: Pki) -> None:
-    harness, clock = TurnHarness(), Clock()
-    factory = tls_factory(harness.server, SERVER, clock, RelayTLS(str(pki.bundle)))
-    server_tls = factory.buildProtocol(CLIENT)
-    transport = TCPStringTransport(peerAddress=CLIENT, hostAddress=IPv4Address("TCP", *SERVER))
-    server_tls.makeConnection(transport)
+    _, clock, server_tls, transport = accepted(pki)
     server_tls.dataReceived(b"GET / HTTP/1.1\r\n\r\n" * 10)
     assert transport.disconnecting
     server_tls.connectionLost(Failure(ConnectionDone()))
