@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from tests.support.coturn import turn_peer_fixture
+from tests.support.coturn import turn_peer_fixture, turnutils_uclient
 from tests.support.relay_process import EchoPeer, RelayProcess, relay_fixture
 
 relay = relay_fixture("relay")
@@ -23,20 +23,13 @@ turn_peer = turn_peer_fixture()  # coturn's turnutils_peer: a UDP echo peer on l
 
 def run_uclient(relay: RelayProcess, peer_port: int, *flags: str, clients: int = 3, messages: int = 50,
                 size: int = 200) -> dict:
-    """turnutils_uclient through our relay to the echo peer; its summary as numbers."""
-    command = ["turnutils_uclient", *flags, "-p", str(relay.port), "-u", "alice", "-w", "secret",
-               "-e", "127.0.0.1", "-r", str(peer_port), "-m", str(clients), "-n", str(messages),
-               "-l", str(size), "-z", "5", "127.0.0.1"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    output = result.stdout + result.stderr
-    totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
-    lost = re.search(r"Total lost packets (\d+) \(([\d.]+)%\)", output)
-    rtt = re.search(r"Average round trip delay ([\d.]+) ms; min = (\d+) ms, max = (\d+) ms", output)
-    assert totals and lost and rtt, output[-2000:]
-    sent, received = map(int, totals[-1])
-    figures = {"sent": sent, "received": received, "lost": int(lost.group(1)), "rtt_ms": float(rtt.group(1)),
-               "rtt_max_ms": int(rtt.group(3)), "errors": re.findall(r"error \d+ \([^)]*\)", output)}
-    print(f"turnutils_uclient {' '.join(flags) or '(channels, UDP)'}: {figures}")
+    """turnutils_uclient through our relay (as alice) to the echo peer; its summary as numbers, round trips
+    included."""
+    figures = turnutils_uclient(relay.port, peer_port, "-u", "alice", "-w", "secret", *flags, clients=clients,
+                                messages=messages, size=size)
+    assert figures["rtt_ms"] is not None, figures["output"][-2000:]
+    print(f"turnutils_uclient {' '.join(flags) or '(channels, UDP)'}: "
+          f"{ {k: v for k, v in figures.items() if k != 'output'} }")
     return figures
 
 

@@ -20,7 +20,7 @@ import pytest
 from relay import stun
 from relay.auth import NonceIssuer
 from relay.restauth import make_credentials
-from tests.support.coturn import turn_peer_fixture
+from tests.support.coturn import turn_peer_fixture, turnutils_uclient
 from tests.support.net import free_port, still_open_after
 from tests.support.relay_process import EchoPeer, RawTurnClient, RelayProcess, error_code, udp_binding
 from tests.support.revproxy_process import Pki
@@ -51,18 +51,6 @@ def relay(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[RelayP
 
 
 turn_peer = turn_peer_fixture()  # coturn's turnutils_peer: a UDP echo peer on loopback
-
-
-def turnutils_uclient(port: int, peer_port: int, *flags: str, clients: int = 3, messages: int = 50) -> dict:
-    command = ["turnutils_uclient", *flags, "-p", str(port), "-e", "127.0.0.1", "-r", str(peer_port),
-               "-m", str(clients), "-n", str(messages), "-l", "120", "-z", "5", "127.0.0.1"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    output = result.stdout + result.stderr
-    totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
-    lost = re.search(r"Total lost packets (\d+) \(([\d.]+)%\)", output)
-    assert totals and lost, output[-2000:]
-    sent, received = map(int, totals[-1])
-    return {"sent": sent, "received": received, "lost": int(lost.group(1)), "output": output}
 
 
 # -- TURN over TLS ---------------------------------------------------------------------------------------------

@@ -21,7 +21,7 @@ from relay import stun
 from relay.restauth import make_credentials
 from tests.support.appliance_process import ApplianceProcess
 from tests.support.chromium import Chromium, relay_round_trip
-from tests.support.coturn import turn_peer_fixture
+from tests.support.coturn import turn_peer_fixture, turnutils_uclient
 from tests.support.net import free_port, still_open_after
 from tests.support.relay_process import RawTurnClient
 from tests.support.revproxy_process import Nodes, Pki
@@ -65,15 +65,7 @@ def curl(app: ApplianceProcess, pki: Pki, count: int) -> list[str]:
 
 
 def uclient(port: int, peer_port: int, *flags: str, messages: int = 100) -> dict:
-    command = ["turnutils_uclient", *flags, "-p", str(port), "-u", "alice", "-w", "secret", "-e", "127.0.0.1",
-               "-r", str(peer_port), "-m", "2", "-n", str(messages), "-l", "120", "-z", "5", "127.0.0.1"]
-    output = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    text = output.stdout + output.stderr
-    totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", text)
-    lost = re.search(r"Total lost packets (\d+)", text)
-    assert totals and lost, text[-2000:]
-    sent, received = map(int, totals[-1])
-    return {"sent": sent, "received": received, "lost": int(lost.group(1)), "output": text}
+    return turnutils_uclient(port, peer_port, "-u", "alice", "-w", "secret", *flags, clients=2, messages=messages)
 
 
 def test_curl_turn_over_tcp_and_turn_over_tls_share_the_https_port(setup, turn_peer) -> None:

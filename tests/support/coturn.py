@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import random
+import re
 import shutil
 import subprocess
 import tempfile
@@ -172,3 +173,22 @@ def turn_peer_fixture() -> Any:
             yield port
 
     return turn_peer
+
+
+def turnutils_uclient(port: int, peer_port: int, *flags: str, clients: int = 3, messages: int = 50,
+                      size: int = 120) -> dict[str, Any]:
+    """coturn's turnutils_uclient through the TURN server on 127.0.0.1:`port` to the echo peer on `peer_port`
+    (credentials and transport in `flags`); its summary: sent, received, lost, rtt_ms and rtt_max_ms (None when it
+    printed no round trips), errors (the error responses it printed) and the output."""
+    command = ["turnutils_uclient", *flags, "-p", str(port), "-e", "127.0.0.1", "-r", str(peer_port),
+               "-m", str(clients), "-n", str(messages), "-l", str(size), "-z", "5", "127.0.0.1"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    output = result.stdout + result.stderr
+    totals = re.findall(r"tot_send_msgs=(\d+), tot_recv_msgs=(\d+)", output)
+    lost = re.search(r"Total lost packets (\d+)", output)
+    assert totals and lost, output[-2000:]
+    rtt = re.search(r"Average round trip delay ([\d.]+) ms; min = (\d+) ms, max = (\d+) ms", output)
+    sent, received = map(int, totals[-1])
+    return {"sent": sent, "received": received, "lost": int(lost.group(1)),
+            "rtt_ms": float(rtt.group(1)) if rtt else None, "rtt_max_ms": int(rtt.group(3)) if rtt else None,
+            "errors": re.findall(r"error \d+ \([^)]*\)", output), "output": output}
