@@ -32,6 +32,12 @@ def endpoint(handler, host: str = "127.0.0.1") -> DatagramSocket:
     return DatagramSocket(Readers(), open_udp_socket(host, 0), handler, "test")
 
 
+def close_all(*things) -> None:
+    """Close the sockets and endpoints a test opened."""
+    for thing in things:
+        thing.close()
+
+
 def test_extension_is_built_on_linux():
     assert datagram.available_backends() == ["batched", "python"]
 
@@ -96,10 +102,7 @@ def test_writes_while_reading_go_out_after_the_burst_in_order(backend):
     assert any(written_during) == (backend == "python")
     out.write(b"outside a read", peer.getsockname())  # a TCP client's ChannelData, say: sent at once
     assert drain(peer) == [(b"outside a read", out.sock.getsockname())]
-    for sock in (peer, sender):
-        sock.close()
-    inbound.close()
-    out.close()
+    close_all(peer, sender, inbound, out)
 
 
 def test_a_write_that_fails_is_counted_and_never_raises(backend):
@@ -117,10 +120,7 @@ def test_a_write_that_fails_is_counted_and_never_raises(backend):
     out.write(b"two", ("::1", 9))
     assert out.write_errors == 2
     assert drain(peer) == [(b"one", out.sock.getsockname())]
-    for sock in (peer, sender):
-        sock.close()
-    inbound.close()
-    out.close()
+    close_all(peer, sender, inbound, out)
 
 
 def test_many_senders_each_get_their_own_address(backend):
@@ -156,10 +156,7 @@ def test_a_burst_writes_any_bytes_like_payload_and_more_than_one_batch(backend):
     inbound.doRead()
     assert [data for data, _ in drain(peer)] == [b"%d" % n for n in range(150)] + [b"last"]
     assert out.write_errors == 1
-    for sock in (peer, sender):
-        sock.close()
-    inbound.close()
-    out.close()
+    close_all(peer, sender, inbound, out)
 
 
 def test_a_write_of_something_not_bytes_is_a_logged_bug_and_reading_goes_on(backend):
@@ -180,10 +177,7 @@ def test_a_write_of_something_not_bytes_is_a_logged_bug_and_reading_goes_on(back
     for reader in list(reactor.readers):
         reader.doRead()
     assert [data for data, _ in drain(peer)] == [b"fine"]
-    for sock in (peer, sender):
-        sock.close()
-    inbound.close()
-    out.close()
+    close_all(peer, sender, inbound, out)
 
 
 def test_a_socket_closed_with_writes_queued_sends_nothing(backend):
@@ -201,9 +195,7 @@ def test_a_socket_closed_with_writes_queued_sends_nothing(backend):
     sender.sendto(b"close", inbound.sock.getsockname())
     inbound.doRead()
     assert drain(peer) == ([(b"close", source)] if backend == "python" else [])
-    for sock in (peer, sender):
-        sock.close()
-    inbound.close()
+    close_all(peer, sender, inbound)
 
 
 def test_an_exception_in_a_handler_loses_only_its_datagram(backend):
@@ -224,10 +216,7 @@ def test_an_exception_in_a_handler_loses_only_its_datagram(backend):
     inbound.doRead()
     assert got == [b"a", b"b"]
     assert [data for data, _ in drain(peer)] == [b"a", b"b"]
-    for sock in (peer, sender):
-        sock.close()
-    inbound.close()
-    out.close()
+    close_all(peer, sender, inbound, out)
 
 
 def test_the_reactors_readers_read_every_ready_socket_and_send_what_they_wrote(backend):
