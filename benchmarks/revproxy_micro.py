@@ -251,25 +251,22 @@ class Bench:
         """`n` requests; the CPU seconds of the proxy's side, or that side run under `timed` (a profiler)."""
         spent = 0.0
         clock = time.process_time
+
+        def proxy_side(step: Any, records: bytes) -> float:
+            """Run one step of the proxy's side: under the profiler, or timed (its CPU seconds)."""
+            if timed is not None:
+                timed.enable()
+                step(records)
+                timed.disable()
+                return 0.0
+            start = clock()
+            step(records)
+            return clock() - start
+
         for _ in range(n):
-            records = self.client_records()
-            if timed is not None:
-                timed.enable()
-                self.proxy_reads_request(records)
-                timed.disable()
-            else:
-                t = clock()
-                self.proxy_reads_request(records)
-                spent += clock() - t
+            spent += proxy_side(self.proxy_reads_request, self.client_records())
             node_tls, records = self.node_answers()
-            if timed is not None:
-                timed.enable()
-                node_tls.dataReceived(records)
-                timed.disable()
-            else:
-                t = clock()
-                node_tls.dataReceived(records)
-                spent += clock() - t
+            spent += proxy_side(node_tls.dataReceived, records)
             answer = self.browser_reads()
             if not answer.endswith(SMALL_BODY):
                 raise RuntimeError(f"the browser got {answer[:80]!r}")
