@@ -246,7 +246,8 @@ def turn_clients_for(answers: Answers) -> list[str]:
 def apply_answers(text: str, answers: Answers, paths: Paths, header: str) -> str:
     """The config file's new text: `text` (the current file, or the sample) with the answered keys set.
 
-    Inline passwords ([relay.users]) and inline secrets (auth_secrets) leave the config: they live in 0600 files.
+    Inline passwords ([relay.users]) and inline secrets (auth_secrets) leave the config: they live in
+    files of their own, written private (appliance.atomic.secret_file_mode).
     """
     doc = tomlkit.parse(_strip_header(text))
     relay = _subtable(doc, "relay")
@@ -302,7 +303,7 @@ def summary(answers: Answers, paths: Paths, password_note: str) -> list[str]:
     if answers.needs_user:
         lines.append(f"  TURN user            {answers.turn_user} (password {password_note}; key in {paths.userdb})")
     if answers.turn_mode is TurnMode.CLIENT:
-        lines.append(f"  shared secret        in {paths.secrets} (mode 0600)")
+        lines.append(f"  shared secret        in {paths.secrets}")
     lines += [
         f"  TURN on HTTPS port   {'yes' if answers.turn_on_https else 'no'}",
         f"  management listener  {answers.management or 'off'}",

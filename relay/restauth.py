@@ -16,8 +16,10 @@ takes does not say which secret matched. A username whose timestamp cannot be pa
 refused with a reason the caller logs (the client gets 401).
 
 Secrets come from the `[relay] auth_secrets` list and from `auth_secrets_file` (one secret per line, blank lines and
-`#` comments ignored). The file must not be readable by group or others (mode 0600 or stricter), since it holds what
-lets anyone mint credentials; `reload()` re-reads it on SIGHUP and keeps the secrets it had if the new file is bad.
+`#` comments ignored). The file holds what lets anyone mint credentials, so it must not be open to others: mode 0600
+or stricter, or — the one exception, PostgreSQL's rule for its key file — 0640 when root owns it, so a root-owned file
+in the service user's group (`root:rpturn 0640`, the systemd install) can be read by the unprivileged service.
+`reload()` re-reads it on SIGHUP and keeps the secrets it had if the new file is bad.
 A secret is used as its UTF-8 bytes, as coturn does.
 """
 
@@ -99,6 +101,13 @@ def make_credentials(secret: str | bytes, user: str | None, ttl: int, now: float
     return username, rest_password(secret, username)
 
 
+def secrets_file_mode_is_private(mode: int, owner_uid: int) -> bool:
+    """No bits for others, no group write or execute, and group read only on a root-owned file."""
+    if mode & (stat.S_IRWXO | stat.S_IWGRP | stat.S_IXGRP):
+        return False
+    return not mode & stat.S_IRGRP or owner_uid == 0
+
+
 def read_secrets_file(path: str) -> tuple[str, ...]:
     """The secrets of a secrets file, one a line; SecretsFileError for an unreadable, open or malformed file."""
     try:
@@ -106,9 +115,11 @@ def read_secrets_file(path: str) -> tuple[str, ...]:
     except OSError as exc:
         raise SecretsFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     with os.fdopen(fd, "rb") as f:
-        mode = os.fstat(f.fileno()).st_mode
-        if mode & (stat.S_IRWXG | stat.S_IRWXO):
-            raise SecretsFileError(f"{path}: mode {stat.S_IMODE(mode):04o} lets others read the secrets: chmod 600")
+        status = os.fstat(f.fileno())
+        if not secrets_file_mode_is_private(status.st_mode, status.st_uid):
+            raise SecretsFileError(
+                f"{path}: mode {stat.S_IMODE(status.st_mode):04o} (owner uid {status.st_uid}) lets others read the"
+                " secrets: chmod 600 (or chown root and chmod 640 to share it with the service's group only)")
         data = f.read()
     secrets: list[str] = []
     for number, raw in enumerate(data.splitlines(), start=1):

@@ -114,7 +114,7 @@ def read_lines(path: str, *, missing_ok: bool) -> list[tuple[str, str | None]]:
 def write_userdb(path: str, lines: Sequence[str]) -> None:
     """Replace ``path`` with ``lines`` as appliance.atomic does (never half a file; a symbolic link's target is
     replaced; the owner kept where we may), mode 0600 from the start: the file holds keys."""
-    write_atomically(path, "".join(line + "\n" for line in lines).encode(), mode=0o600)
+    write_atomically(path, "".join(line + "\n" for line in lines).encode(), secret=True)
 
 
 def key_line(username: str, realm: str, password: str) -> str:

@@ -123,7 +123,7 @@ def _account_key(path: str) -> Any:
     except FileNotFoundError:
         key = rsa.generate_private_key(65537, 2048)
         write_atomically(path, key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                 serialization.NoEncryption()), mode=0o600)
+                                                 serialization.NoEncryption()), secret=True)
     return jose.JWKRSA(key=key)
 
 

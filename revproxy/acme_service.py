@@ -94,7 +94,7 @@ class AcmeService(Service):
         inspection = certs.inspect_bundle(bundle, hostname)
         if not inspection.ok:
             raise ValueError("; ".join(f.message for f in inspection.errors))
-        write_atomically(settings.bundle_path, bundle, mode=0o600)
+        write_atomically(settings.bundle_path, bundle, secret=True)
         self._count("renewed")
         d = inspection.description
         log.info("acme: installed a certificate for {hostname}, valid until {until} (sha256 {fp})",

@@ -276,8 +276,8 @@ def cmd_install(site: Site, args: argparse.Namespace) -> int:
     previous_path = site.target + ".previous"
     previous = _read_optional(site.target) or _read_optional(site.self_signed)
     if previous is not None:
-        write_atomically(previous_path, previous, mode=0o600)
-    write_atomically(site.target, data, mode=0o600)
+        write_atomically(previous_path, previous, secret=True)
+    write_atomically(site.target, data, secret=True)
     config_changed = site.point_config_at_target()
     print(f"installed {site.target}" + (f" (previous kept as {previous_path})" if previous is not None else ""))
     ok, why = reload_and_verify(site, args, leaf_der_of(data))
@@ -290,7 +290,7 @@ def cmd_install(site: Site, args: argparse.Namespace) -> int:
         return 0
     # Not served: put everything back as it was and make the appliance use it again.
     if previous is not None:
-        write_atomically(site.target, previous, mode=0o600)
+        write_atomically(site.target, previous, secret=True)
     if config_changed:
         site.restore_config()
     pid = running.pid_from_file(args.pidfile)
@@ -309,9 +309,9 @@ def cmd_rollback(site: Site, args: argparse.Namespace) -> int:
     if previous is None:
         raise CommandError(f"no previous bundle ({previous_path} does not exist)")
     current = _read_optional(site.target)
-    write_atomically(site.target, previous, mode=0o600)
+    write_atomically(site.target, previous, secret=True)
     if current is not None:
-        write_atomically(previous_path, current, mode=0o600)
+        write_atomically(previous_path, current, secret=True)
     site.point_config_at_target()
     print(f"restored {site.target} from {previous_path}" + (" (swapped: rollback again to undo)" if current else ""))
     ok, why = reload_and_verify(site, args, leaf_der_of(previous))

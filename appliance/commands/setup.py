@@ -21,9 +21,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import getpass
+import grp
 import os
 import secrets
 import socket
+import stat
 import sys
 import tomllib
 from pathlib import Path
@@ -234,7 +236,7 @@ def write_userdb(path: str, lines: list[tuple[str, str | None]], user: str | Non
             texts[names.index(user)] = line
         else:
             texts.append(line)
-    write_atomically(path, "".join(t + "\n" for t in texts).encode(), mode=0o600)
+    write_atomically(path, "".join(t + "\n" for t in texts).encode(), secret=True)
 
 
 def write_secrets(path: str, inline: list[str]) -> bool:
@@ -251,7 +253,7 @@ def write_secrets(path: str, inline: list[str]) -> bool:
         merged = [secrets.token_hex(32)]
     if merged != have:
         header = "# TURN REST API shared secrets, one per line (rpturn setup); keep this file 0600\n"
-        write_atomically(path, (header + "".join(s + "\n" for s in merged)).encode(), mode=0o600)
+        write_atomically(path, (header + "".join(s + "\n" for s in merged)).encode(), secret=True)
     return generated
 
 
@@ -298,12 +300,13 @@ def run(args: argparse.Namespace, stdin: TextIO | None = None, stdout: TextIO | 
     generated_password = write_all(config, text, exists, answers, paths, realm, lines, existing, relay)
     console.say(f"wrote {config}" + (f" (previous kept as {config}.bak)" if exists else ""))
     if answers.needs_user:
-        console.say(f"TURN user {answers.turn_user}: key in {paths.userdb} (mode 0600)")
+        console.say(f"TURN user {answers.turn_user}: key in {paths.userdb} ({_ownership(paths.userdb)})")
         if generated_password is not None:
             console.say(f"  generated password: {generated_password}  (give it to the Conferencing Nodes; it is "
                         f"stored only as a key and shown only now)")
     if answers.turn_mode is TurnMode.CLIENT:
-        console.say(f"shared secret for time-limited TURN credentials: in {paths.secrets} (mode 0600)")
+        console.say(f"shared secret for time-limited TURN credentials: in {paths.secrets} "
+                    f"({_ownership(paths.secrets)})")
     return finish(console, config)
 
 
@@ -319,6 +322,16 @@ def password_note(answers: Answers, existing: set[str]) -> str:
     if answers.turn_password is not None:
         return "new, as typed"
     return "unchanged" if answers.turn_user in existing else "generated, shown once after writing"
+
+
+def _ownership(path: str) -> str:
+    """"mode 0640, group rpturn": what the operator needs to know about who may read a file of secrets."""
+    status = os.stat(path)
+    try:
+        group = grp.getgrgid(status.st_gid).gr_name
+    except KeyError:
+        group = str(status.st_gid)
+    return f"mode {stat.S_IMODE(status.st_mode):04o}, group {group}"
 
 
 def write_all(config: str, text: str, exists: bool, answers: Answers, paths: Paths, realm: str,

@@ -108,6 +108,9 @@ def test_too_short_inline_secret_is_refused(secret):
 # --- the secrets file ---------------------------------------------------------------------------------------
 
 
+NOBODY = 65534  # the nobody user and nogroup group of Debian
+
+
 def write_secrets(path, text: str, mode: int = 0o600):
     path.write_text(text)
     os.chmod(path, mode)
@@ -119,10 +122,20 @@ def test_secrets_file_one_per_line_with_comments_and_blanks(tmp_path):
     assert read_secrets_file(path) == (OLD, NEW)
 
 
-@pytest.mark.parametrize("mode", [0o640, 0o604, 0o644, 0o660])
-def test_secrets_file_readable_by_others_is_refused(tmp_path, mode):
+@pytest.mark.parametrize("mode", [0o604, 0o644, 0o660, 0o620, 0o610, 0o606])
+def test_secrets_file_open_to_others_or_writable_by_the_group_is_refused(tmp_path, mode):
     path = write_secrets(tmp_path / "secrets", f"{OLD}\n", mode)
     with pytest.raises(SecretsFileError, match="chmod 600"):
+        read_secrets_file(path)
+
+
+def test_secrets_file_group_readable_is_refused_unless_root_owns_it(tmp_path):
+    """0640 is the systemd install's root:rpturn file; owned by anyone else the group bit exposes the secret."""
+    path = write_secrets(tmp_path / "secrets", f"{OLD}\n", 0o640)
+    assert os.stat(path).st_uid == 0  # the tests run as root, as CI does
+    assert read_secrets_file(path) == (OLD,)
+    os.chown(path, NOBODY, -1)
+    with pytest.raises(SecretsFileError, match=r"mode 0640 \(owner uid 65534\).*chmod 600"):
         read_secrets_file(path)
 
 
