@@ -7,21 +7,8 @@ import contextlib
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from relay.stun import (
-    Attr,
-    Message,
-    MessageClass,
-    Method,
-    StunDecodeError,
-    check_integrity,
-    encode,
-    encode_channel_data,
-    encode_data_indication,
-    parse,
-    parse_channel_data,
-    parse_send_indication,
-    tcp_frame_length,
-)
+from relay import stun
+from relay.stun import Attr, Message, MessageClass, Method
 from tests.support.strategies import (
     addresses,
     channel_numbers,
@@ -39,8 +26,8 @@ from tests.support.strategies import (
 
 def parses_or_raises_decode_error(data: bytes) -> Message | None:
     try:
-        return parse(data)
-    except StunDecodeError:
+        return stun.parse(data)
+    except stun.StunDecodeError:
         return None
 
 
@@ -67,12 +54,12 @@ def test_mutated_messages_parse_or_raise_decode_error(data):
 @scaled(0.15)
 @given(st.one_of(st.binary(max_size=100), stun_shaped_bytes(), mutated(encoded_messages())))
 def test_hot_path_parsers_never_raise_anything_else(data):
-    found = parse_send_indication(data)  # None or (peer, payload), never an exception
+    found = stun.parse_send_indication(data)  # None or (peer, payload), never an exception
     assert found is None or (isinstance(found[0], tuple) and isinstance(found[1], bytes))
-    with contextlib.suppress(StunDecodeError):
-        parse_channel_data(data)
-    with contextlib.suppress(StunDecodeError):
-        tcp_frame_length(data)
+    with contextlib.suppress(stun.StunDecodeError):
+        stun.parse_channel_data(data)
+    with contextlib.suppress(stun.StunDecodeError):
+        stun.tcp_frame_length(data)
 
 
 # --- (2) encode -> parse round trips ---
@@ -81,7 +68,7 @@ def test_hot_path_parsers_never_raise_anything_else(data):
 @scaled(0.25)
 @given(messages())
 def test_encode_parse_round_trip(message):
-    parsed = parse(encode(message))
+    parsed = stun.parse(stun.encode(message))
     assert (parsed.method, parsed.msg_class, parsed.transaction_id, parsed.cookie) == (
         message.method,
         message.msg_class,
@@ -94,7 +81,7 @@ def test_encode_parse_round_trip(message):
 @scaled(0.1)
 @given(messages())
 def test_unknown_required_lists_each_unknown_type_below_0x8000_once(message):
-    parsed = parse(encode(message))
+    parsed = stun.parse(stun.encode(message))
     expected = []
     for kind, _ in message.attributes:
         if kind < 0x8000 and kind not in Attr._value2member_map_ and kind not in expected:
@@ -105,7 +92,7 @@ def test_unknown_required_lists_each_unknown_type_below_0x8000_once(message):
 @scaled(0.15)
 @given(messages(rfc3489=False), st.booleans(), integrity_keys | st.none())
 def test_round_trip_with_integrity_and_fingerprint_appends_them_last(message, fingerprint, key):
-    parsed = parse(encode(message, integrity_key=key, fingerprint=fingerprint))
+    parsed = stun.parse(stun.encode(message, integrity_key=key, fingerprint=fingerprint))
     n = len(message.attributes)
     assert parsed.attributes[:n] == message.attributes
     assert [kind for kind, _ in parsed.attributes[n:]] == [Attr.MESSAGE_INTEGRITY] * (key is not None) + [
@@ -117,26 +104,26 @@ def test_round_trip_with_integrity_and_fingerprint_appends_them_last(message, fi
 @given(transaction_ids, addresses, payloads)
 def test_data_indication_encoder_matches_the_general_encoder(tid, peer, payload):
     message = Message(Method.DATA, MessageClass.INDICATION, tid, [(Attr.XOR_PEER_ADDRESS, peer), (Attr.DATA, payload)])
-    assert encode_data_indication(tid, peer, payload) == encode(message)
+    assert stun.encode_data_indication(tid, peer, payload) == stun.encode(message)
 
 
 @scaled(0.15)
 @given(messages(rfc3489=False), st.booleans())
 def test_send_indication_fast_path_agrees_with_parse(message, fingerprint):
     message.method, message.msg_class = Method.SEND, MessageClass.INDICATION
-    data = encode(message, fingerprint=fingerprint)
-    parsed = parse(data)
+    data = stun.encode(message, fingerprint=fingerprint)
+    parsed = stun.parse(data)
     peer, payload = parsed.get(Attr.XOR_PEER_ADDRESS), parsed.get(Attr.DATA)
     if peer is None or payload is None or parsed.unknown_required:
-        assert parse_send_indication(data) is None
+        assert stun.parse_send_indication(data) is None
     else:
-        assert parse_send_indication(data) == (peer, payload)
+        assert stun.parse_send_indication(data) == (peer, payload)
 
 
 @scaled(0.5)
 @given(channel_numbers, payloads, st.booleans())
 def test_channel_data_round_trip(channel, payload, pad):
-    assert parse_channel_data(encode_channel_data(channel, payload, pad=pad)) == (channel, payload)
+    assert stun.parse_channel_data(stun.encode_channel_data(channel, payload, pad=pad)) == (channel, payload)
 
 
 # --- (3) integrity and fingerprint verify, and fail after any single-bit flip of a protected byte ---
@@ -145,18 +132,18 @@ def test_channel_data_round_trip(channel, payload, pad):
 @scaled(0.1)
 @given(messages(rfc3489=False), integrity_keys, st.booleans())
 def test_integrity_verifies_after_encode(message, key, fingerprint):
-    assert check_integrity(parse(encode(message, integrity_key=key, fingerprint=fingerprint)), key)
+    assert stun.check_integrity(stun.parse(stun.encode(message, integrity_key=key, fingerprint=fingerprint)), key)
 
 
 @scaled(0.15)
 @given(messages(rfc3489=False), integrity_keys, st.data())
 def test_integrity_fails_after_any_bit_flip_before_its_end(message, key, data):
-    encoded = encode(message, integrity_key=key)
+    encoded = stun.encode(message, integrity_key=key)
     bit = data.draw(st.integers(0, len(encoded) * 8 - 1), label="bit")  # MESSAGE-INTEGRITY ends the message
     flipped = bytearray(encoded)
     flipped[bit // 8] ^= 0x80 >> (bit % 8)
     parsed = parses_or_raises_decode_error(bytes(flipped))
-    assert parsed is None or not check_integrity(parsed, key)
+    assert parsed is None or not stun.check_integrity(parsed, key)
 
 
 @scaled(0.1)
@@ -164,13 +151,13 @@ def test_integrity_fails_after_any_bit_flip_before_its_end(message, key, data):
 def test_integrity_fails_with_another_key(message, key, other):
     # Same-length keys: HMAC zero-pads keys, so b"k" and b"k\0" are one key.
     assume(key != other)
-    assert not check_integrity(parse(encode(message, integrity_key=key)), other)
+    assert not stun.check_integrity(stun.parse(stun.encode(message, integrity_key=key)), other)
 
 
 @scaled(0.15)
 @given(messages(), st.data())
 def test_fingerprint_fails_after_any_bit_flip(message, data):
-    encoded = encode(message, fingerprint=True)
+    encoded = stun.encode(message, fingerprint=True)
     bit = data.draw(st.integers(0, len(encoded) * 8 - 1), label="bit")
     flipped = bytearray(encoded)
     flipped[bit // 8] ^= 0x80 >> (bit % 8)
@@ -192,7 +179,7 @@ def test_tcp_frame_length_frames_a_stream_split_anywhere(frames, data):
     received = []
     for segment in segments:
         buffer += segment
-        while (size := tcp_frame_length(buffer)) is not None and len(buffer) >= size:
+        while (size := stun.tcp_frame_length(buffer)) is not None and len(buffer) >= size:
             received.append(bytes(buffer[:size]))
             del buffer[:size]
     assert received == frames

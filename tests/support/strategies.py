@@ -15,17 +15,8 @@ from ipaddress import IPv4Address, IPv6Address
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 
-from relay.stun import (
-    MAGIC_COOKIE,
-    MAX_TEXT_BYTES,
-    MAX_USERNAME_BYTES,
-    Attr,
-    Message,
-    MessageClass,
-    Method,
-    encode,
-    encode_channel_data,
-)
+from relay import stun
+from relay.stun import Attr, Message, MessageClass, Method
 
 settings.register_profile("default", max_examples=2000, deadline=None)
 settings.register_profile("fuzz", max_examples=50_000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -72,22 +63,22 @@ def _text(max_bytes: int) -> st.SearchStrategy[str]:
 # Every attribute the codec knows, except MESSAGE-INTEGRITY and FINGERPRINT which encode() adds itself.
 ATTRIBUTE_VALUES: dict[Attr, st.SearchStrategy] = {
     Attr.MAPPED_ADDRESS: addresses,
-    Attr.USERNAME: _text(MAX_USERNAME_BYTES),
-    Attr.ERROR_CODE: st.tuples(st.integers(300, 699), _text(MAX_TEXT_BYTES)),
+    Attr.USERNAME: _text(stun.MAX_USERNAME_BYTES),
+    Attr.ERROR_CODE: st.tuples(st.integers(300, 699), _text(stun.MAX_TEXT_BYTES)),
     Attr.UNKNOWN_ATTRIBUTES: st.lists(st.integers(0, 0xFFFF), max_size=8).map(tuple),
     Attr.CHANNEL_NUMBER: st.integers(0, 0xFFFF),
     Attr.LIFETIME: st.integers(0, 0xFFFFFFFF),
     Attr.XOR_PEER_ADDRESS: addresses,
     Attr.DATA: st.binary(max_size=300),
-    Attr.REALM: _text(MAX_TEXT_BYTES),
-    Attr.NONCE: _text(MAX_TEXT_BYTES),
+    Attr.REALM: _text(stun.MAX_TEXT_BYTES),
+    Attr.NONCE: _text(stun.MAX_TEXT_BYTES),
     Attr.XOR_RELAYED_ADDRESS: addresses,
     Attr.EVEN_PORT: st.booleans(),
     Attr.REQUESTED_TRANSPORT: st.integers(0, 0xFF),
     Attr.DONT_FRAGMENT: st.just(True),
     Attr.XOR_MAPPED_ADDRESS: addresses,
     Attr.RESERVATION_TOKEN: st.binary(min_size=8, max_size=8),
-    Attr.SOFTWARE: _text(MAX_TEXT_BYTES),
+    Attr.SOFTWARE: _text(stun.MAX_TEXT_BYTES),
     Attr.ALTERNATE_SERVER: addresses,
 }
 XOR_ATTRIBUTES = frozenset({Attr.XOR_MAPPED_ADDRESS, Attr.XOR_PEER_ADDRESS, Attr.XOR_RELAYED_ADDRESS})
@@ -117,7 +108,7 @@ def messages(draw: st.DrawFn, *, rfc3489: bool | None = None) -> Message:
     """
     if rfc3489 is None:
         rfc3489 = draw(st.booleans())
-    cookie = draw(st.integers(0, 0xFFFFFFFF).filter(lambda c: c != MAGIC_COOKIE)) if rfc3489 else MAGIC_COOKIE
+    cookie = draw(st.integers(0, 0xFFFFFFFF).filter(lambda c: c != stun.MAGIC_COOKIE)) if rfc3489 else stun.MAGIC_COOKIE
     return Message(
         draw(any_methods),
         draw(message_classes),
@@ -134,7 +125,7 @@ integrity_keys = st.binary(min_size=1, max_size=32)
 def encoded_messages(draw: st.DrawFn) -> bytes:
     """Valid encoded messages, some with MESSAGE-INTEGRITY and/or FINGERPRINT."""
     key = draw(st.none() | integrity_keys)
-    return encode(draw(messages()), integrity_key=key, fingerprint=draw(st.booleans()))
+    return stun.encode(draw(messages()), integrity_key=key, fingerprint=draw(st.booleans()))
 
 
 @st.composite
@@ -149,7 +140,7 @@ def stun_shaped_bytes(draw: st.DrawFn) -> bytes:
     for kind, value in draw(st.lists(st.tuples(kinds, st.binary(max_size=32)), max_size=8)):
         declared = draw(st.one_of(st.just(len(value)), st.integers(0, 40)))
         body += struct.pack(">HH", kind, declared) + value + b"\0" * (-len(value) % 4)
-    cookie = draw(st.sampled_from([MAGIC_COOKIE, 0]))
+    cookie = draw(st.sampled_from([stun.MAGIC_COOKIE, 0]))
     length = draw(st.one_of(st.just(len(body)), st.integers(0, 0xFFFF)))
     message_type = draw(st.integers(0, 0x3FFF))
     return struct.pack(">HHI", message_type, length, cookie) + draw(transaction_ids) + body
@@ -185,7 +176,7 @@ def tcp_frames(draw: st.DrawFn) -> bytes:
     """One frame as it appears on a TCP connection: a STUN message, or ChannelData padded to 4."""
     if draw(st.booleans()):
         return draw(encoded_messages())
-    return encode_channel_data(draw(channel_numbers), draw(payloads), pad=True)
+    return stun.encode_channel_data(draw(channel_numbers), draw(payloads), pad=True)
 
 
 # --- byte streams ---
