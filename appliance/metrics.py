@@ -47,6 +47,9 @@ RELAY_COUNTERS = (
     ("rpturn_turn_permissions_denied", "Permissions refused by the peer policy (403).", "permissions_denied", None),
     ("rpturn_stun_malformed_packets", "Packets dropped because they could not be parsed.", "malformed", None),
     ("rpturn_turn_dropped_packets", "Relayable packets dropped, by reason.", "dropped", "reason"),
+    ("rpturn_stun_unauthenticated_dropped", "Requests from sources without an allocation dropped unparsed by the "
+     "flood gate: over their source's rate (per_source) or shed over the global budget (budget).",
+     "unauthenticated_dropped", "reason"),
     ("rpturn_turn_relayed_packets", "Packets relayed, by direction.", "packets", "direction"),
     ("rpturn_turn_relayed_bytes", "Payload bytes relayed, by direction.", "bytes", "direction"),
 )

@@ -46,7 +46,8 @@ class RelayConfig:
     # Flood bounds (README, security): TCP control connections holding no allocation, per source IP and in all
     # (also at most a quarter of the open-files limit), their lifetime (s) and buffer (bytes); the retransmission
     # cache per user (entries) and in all (bytes); requests from clients without an allocation per source IP that
-    # has not authenticated lately, a second (0 = no limit), and their burst.
+    # has not authenticated lately, a second (0 = no limit), and their burst; such requests a second in all before
+    # sources are held to a quarter of their rate (0 = no budget; needs the per-source limit).
     tcp_unallocated_per_ip: int = 64
     tcp_unallocated_max: int = 10_000
     tcp_unallocated_lifetime: int = 60
@@ -55,6 +56,7 @@ class RelayConfig:
     transaction_cache_bytes: int = 16 * 1024 * 1024
     unauthenticated_rate: int = 10
     unauthenticated_burst: int = 40
+    unauthenticated_budget: int = 2000
     # Where this config came from, for reloads and messages; not a TOML key.
     source: str | None = None
 
@@ -167,6 +169,7 @@ _CHECKS = {
     "transaction_cache_bytes": _check_int(65536, 1 << 34),
     "unauthenticated_rate": _check_int(0, 10_000_000),
     "unauthenticated_burst": _check_int(1, 10_000_000),
+    "unauthenticated_budget": _check_int(0, 10_000_000),
 }
 assert set(_CHECKS) == _KEYS
 
@@ -186,6 +189,9 @@ def relay_config_from_table(table: Mapping[str, Any], source: str = "<config>") 
         raise ConfigError(source, TABLE, "min_port", f"{config.min_port} is above max_port {config.max_port}")
     if config.default_lifetime > config.max_lifetime:
         raise ConfigError(source, TABLE, "default_lifetime", f"above max_lifetime {config.max_lifetime}")
+    if table.get("unauthenticated_budget") and not config.unauthenticated_rate:
+        raise ConfigError(source, TABLE, "unauthenticated_budget",
+                          "needs unauthenticated_rate above 0 (the budget sheds by the per-source buckets)")
     if config.userdb is None and not config.users and not config.auth_secrets and not config.auth_secrets_file:
         raise ConfigError(source, TABLE, "users",
                           "no credentials: set [relay.users], userdb, auth_secrets or auth_secrets_file")

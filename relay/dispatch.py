@@ -7,8 +7,9 @@ in `stats`, read by the `relay stats` line and exported by the metrics layer). N
 reads the clock outside `handle_stun` and `expire`, or imports Twisted: log lines go to the injected `emit`.
 
 The per-packet paths (ChannelData, Send indications, peer datagrams) go straight to the `Allocation`: one dict
-look-up here, then its own. Everything else is a request; from a client without an allocation it first passes its
-source's token bucket (relay.source_limit), so a flood is dropped before any parsing:
+look-up here, then its own. Everything else is a request; from a client without an allocation it first passes the
+flood gate (`admit`: its source's token bucket and the global budget, relay.source_limit), so a flood is dropped
+before any parsing (the UDP listener asks `admit` itself, before any STUN work, and says so with `admitted`):
 - Binding: answered at once, no authentication (relay.handlers.binding);
 - TURN requests: a retransmission gets the cached answer (relay.transactions), otherwise the long-term
   credential check (relay.authenticator), then the handler (relay.handlers); the answer is signed with the
@@ -96,7 +97,8 @@ class TurnServer:
         self.transactions = TransactionCache(settings.transactions_per_user, settings.transaction_cache_bytes)
         self.connections = ControlConnections(settings.tcp_unallocated_per_ip, settings.tcp_unallocated_max,
                                               settings.tcp_unallocated_lifetime)
-        self.sources = SourceRateLimiter(settings.unauthenticated_rate, settings.unauthenticated_burst)
+        self.sources = SourceRateLimiter(settings.unauthenticated_rate, settings.unauthenticated_burst,
+                                         budget=settings.unauthenticated_budget)
 
     @property
     def credentials(self) -> CredentialStore:
@@ -129,6 +131,7 @@ class TurnServer:
             connections.per_ip, connections.max_total = settings.tcp_unallocated_per_ip, settings.tcp_unallocated_max
             connections.lifetime = settings.tcp_unallocated_lifetime
             self.sources.rate, self.sources.burst = settings.unauthenticated_rate, settings.unauthenticated_burst
+            self.sources.budget = settings.unauthenticated_budget
         if credentials is not None:
             self.authenticator.credentials = credentials
         if policy is not None:
@@ -140,14 +143,27 @@ class TurnServer:
 
     # --- from the shell ---
 
-    def handle_stun(self, data: bytes, five_tuple: FiveTuple, send: ClientSender) -> bytes | None:
-        """A whole STUN message (never ChannelData) from a client: the response to send back, or None."""
+    def admit(self, source: str) -> bool:
+        """May a request from `source` (a client without an allocation) be handled? False: drop it unparsed,
+        counted by why (`rate_limited`: over its source's bucket; `budget_shed`: the global budget is spent and
+        this source has been spending its bucket)."""
+        sources = self.sources
+        if not sources.rate:
+            return True
+        drop = sources.check(source, self.clock())
+        if drop is None:
+            return True
+        self.stats[drop.value] += 1
+        return False
+
+    def handle_stun(self, data: bytes, five_tuple: FiveTuple, send: ClientSender,
+                    admitted: bool = False) -> bytes | None:
+        """A whole STUN message (never ChannelData) from a client: the response to send back, or None.
+        `admitted`: the shell already asked `admit` for this datagram (or its source holds an allocation)."""
         if data[:2] == _SEND_INDICATION_TYPE:
             self._send_indication(data, five_tuple)
             return None
-        if (five_tuple not in self.allocations and self.sources.rate
-                and not self.sources.allow(five_tuple[1][0], self.clock())):
-            self.stats["rate_limited"] += 1
+        if not admitted and five_tuple not in self.allocations and not self.admit(five_tuple[1][0]):
             return None
         try:
             request = parse(data)

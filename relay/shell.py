@@ -66,7 +66,9 @@ class TurnUDPListener:
 
     A datagram from a client holding an allocation here is found by its source address alone (the core's
     `udp_allocations`): ChannelData goes straight to the allocation, a Send indication to the core's per-packet
-    path; no 5-tuple is built. Everything else goes to the core with its 5-tuple.
+    path; no 5-tuple is built. Anything from a source without one first passes the core's flood gate (`admit`),
+    before any STUN work: a flood's excess costs a dict look-up and a bucket. Then it goes to the core with its
+    5-tuple.
     """
 
     def __init__(self, core: TurnServer, local: Address) -> None:
@@ -74,6 +76,7 @@ class TurnUDPListener:
         self.local = local
         self.dual_stack = local[0] == "::"
         self.clients = core.udp_allocations(local)
+        self.admit = core.admit
         self.write: Callable[[bytes, Address], None] = lambda data, addr: None
 
     def attach(self, endpoint: DatagramSocket) -> None:
@@ -92,12 +95,14 @@ class TurnUDPListener:
             if data[:2] == SEND_INDICATION:
                 self.core.send_indication(data, allocation)
                 return
+        elif allocation is None and not self.admit(addr[0]):
+            return
         five_tuple = ("udp", addr, self.local)
         if data and 0x40 <= data[0] <= 0x7F:
             self.core.handle_channel_data(data, five_tuple)
             return
         write = self.write
-        reply = self.core.handle_stun(data, five_tuple, lambda out: write(out, reply_to))
+        reply = self.core.handle_stun(data, five_tuple, lambda out: write(out, reply_to), True)
         if reply is not None:
             write(reply, reply_to)
 

@@ -1,4 +1,5 @@
-"""Per-source token buckets for requests from clients that hold no allocation (pure, clock passed in).
+"""Flood gate for requests from clients that hold no allocation: per-source token buckets and a global budget
+(pure, clock passed in).
 
 Binding requests and the first (unauthenticated) TURN requests cost us a parse, an HMAC for the nonce and an
 encoded answer, and anyone can send them from anywhere: at ~106k packets a second from 2,000 sources a legitimate
@@ -6,9 +7,19 @@ client got 2 of 6 Bindings answered, the rest lost in a full socket buffer behin
 (`rate` a second, `burst` at once) drops a flooding source's excess for the price of a dict look-up, before any
 parsing, so the relay keeps up with reading and everyone else's requests get through.
 
-A source IP that has just authenticated a request is trusted for `trust_lifetime` seconds and skips its bucket:
-a Conferencing Node (or a load test) making hundreds of allocations from one address sends each new 5-tuple's
-first request unauthenticated, and its credentials have shown it is no flood. Trust is earned only by a valid
+Many sources each within their rate still add up (2,000 sources at 10 a second are 20,000 full requests a
+second), so there is also a global `budget`: requests a second, in all, that get the per-source rate (a bucket of
+one second's worth).
+Once it is spent the relay is under a flood and each source is held to a quarter of its rate: a request is then
+answered only if its source's bucket is at least half full, and costs it `OVER_BUDGET_COST` tokens. Flooders'
+buckets hover near empty, so they are shed first (counted in `shed`), while a new or quiet client, whose bucket is
+full, is still answered: one sending at most a request every `OVER_BUDGET_COST / rate` seconds (0.4 s at the
+default 10 a second) is never shed. A request that is shed still takes a token from its source, so a flooder
+stays at the bottom. The budget is per worker process (each has its own gate).
+
+A source IP that has just authenticated a request is trusted for `trust_lifetime` seconds and skips both: a
+Conferencing Node (or a load test) making hundreds of allocations from one address sends each new 5-tuple's first
+request unauthenticated, and its credentials have shown it is no flood. Trust is earned only by a valid
 MESSAGE-INTEGRITY, which a flooder without credentials cannot produce.
 
 Both tables are bounded (`max_sources`): when the buckets are full, those that have filled up again (idle sources)
@@ -19,21 +30,51 @@ bucket, which is what an idle one would have had anyway); the oldest trusted sou
 from __future__ import annotations
 
 import collections
+import enum
 
-__all__ = ["SourceRateLimiter"]
+__all__ = ["OVER_BUDGET_COST", "Drop", "SourceRateLimiter"]
+
+# Over the budget: tokens an answered request costs its source (its rate is divided by this), and the share of its
+# burst the source's bucket must hold for it to be answered at all.
+OVER_BUDGET_COST = 4.0
+QUIET_SHARE = 0.5
+
+
+class Drop(enum.Enum):
+    """Why a request was not handled; the value is the core's counter name."""
+
+    PER_SOURCE = "rate_limited"  # over its source's bucket
+    BUDGET = "budget_shed"  # the global budget was spent and its source has been spending its bucket
 
 
 class SourceRateLimiter:
-    __slots__ = ("_buckets", "_trusted", "burst", "dropped", "max_sources", "rate", "trust_lifetime")
+    __slots__ = (
+        "_buckets",
+        "_budget_last",
+        "_budget_tokens",
+        "_trusted",
+        "budget",
+        "burst",
+        "dropped",
+        "max_sources",
+        "rate",
+        "shed",
+        "trust_lifetime",
+    )
 
-    def __init__(self, rate: float, burst: float, max_sources: int = 65_536, trust_lifetime: float = 600.0) -> None:
+    def __init__(self, rate: float, burst: float, max_sources: int = 65_536, trust_lifetime: float = 600.0,
+                 budget: float = 0.0) -> None:
         self.rate = rate
         self.burst = burst
+        self.budget = budget  # requests a second in all before sources are held to a quarter of their rate; 0 = off
         self.max_sources = max_sources
         self.trust_lifetime = trust_lifetime
         self._buckets: dict[str, list[float]] = {}  # source IP -> [tokens, last refill], oldest first
         self._trusted: collections.OrderedDict[str, float] = collections.OrderedDict()  # source IP -> until
-        self.dropped = 0
+        self._budget_tokens = float(budget)
+        self._budget_last: float | None = None
+        self.dropped = 0  # over a source's bucket
+        self.shed = 0  # over the global budget
 
     def trust(self, source: str, now: float) -> None:
         """`source` just authenticated a request: let its requests through without a bucket for a while."""
@@ -48,27 +89,56 @@ class SourceRateLimiter:
         return len(self._buckets)
 
     def allow(self, source: str, now: float) -> bool:
-        """May this source's request be handled? False: drop it (counted in `dropped`)."""
+        """May this source's request be handled? False: drop it (counted in `dropped` or `shed`)."""
+        return self.check(source, now) is None
+
+    def check(self, source: str, now: float) -> Drop | None:
+        """None: handle this source's request; otherwise why to drop it (counted in `dropped` or `shed`)."""
         until = self._trusted.get(source)
         if until is not None:
             if until > now:
-                return True
+                return None
             del self._trusted[source]
+        burst = self.burst
         bucket = self._buckets.get(source)
         if bucket is None:
             if len(self._buckets) >= self.max_sources:
                 self._prune(now)
-            self._buckets[source] = [self.burst - 1.0, now]
-            return True
-        tokens = bucket[0] + (now - bucket[1]) * self.rate
-        if tokens > self.burst:
-            tokens = self.burst
-        bucket[1] = now
-        if tokens < 1.0:
-            bucket[0] = tokens
-            self.dropped += 1
-            return False
+            bucket = self._buckets[source] = [burst, now]
+            tokens = burst
+        else:
+            tokens = bucket[0]
+            elapsed = now - bucket[1]
+            bucket[1] = now
+            if elapsed > 0.0:  # (a wall clock stepped back refills nothing, and takes nothing away)
+                tokens += elapsed * self.rate
+                if tokens > burst:
+                    tokens = burst
+            if tokens < 1.0:
+                bucket[0] = tokens
+                self.dropped += 1
+                return Drop.PER_SOURCE
+        if self.budget and not self._spend_budget(now):
+            if tokens < burst * QUIET_SHARE:
+                bucket[0] = tokens - 1.0
+                self.shed += 1
+                return Drop.BUDGET
+            tokens -= OVER_BUDGET_COST - 1.0
+            if tokens < 1.0:
+                tokens = 1.0
         bucket[0] = tokens - 1.0
+        return None
+
+    def _spend_budget(self, now: float) -> bool:
+        """Take one request from the global budget (one second's worth at most); False when it is spent."""
+        tokens = self._budget_tokens
+        last, self._budget_last = self._budget_last, now
+        if last is not None and now > last:
+            tokens = min(self.budget, tokens + (now - last) * self.budget)
+        if tokens < 1.0:
+            self._budget_tokens = tokens
+            return False
+        self._budget_tokens = tokens - 1.0
         return True
 
     def _prune(self, now: float) -> None:

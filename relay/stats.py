@@ -8,7 +8,8 @@ Core counter names read here (written by the core): `binding_requests`, `request
 `allocations_refreshed`, `allocations_deleted`, `stale_nonces`, `malformed`, `permissions_denied`,
 `auth_failure <reason>`, `error_<code>`, `error_486 <cause>`, `error_508 <cause>`, the folded per-allocation
 counts of deleted allocations (`packets_from_client`, `bytes_from_client`, `packets_to_client`, `bytes_to_client`,
-`peer_packets_dropped`, `client_packets_dropped`) and `channel_data_dropped`, `send_dropped`.
+`peer_packets_dropped`, `client_packets_dropped`), `channel_data_dropped`, `send_dropped` and the flood gate's
+`rate_limited`, `budget_shed`.
 """
 
 from __future__ import annotations
@@ -101,6 +102,9 @@ def relay_snapshot(stats: Mapping[str, int], allocations: Iterable[Any], info: d
             "capacity_rejections": capacity,
             "malformed": stats.get("malformed", 0),
             "permissions_denied": stats.get("permissions_denied", 0),
+            # Requests from sources without an allocation dropped unparsed by the flood gate (relay.source_limit).
+            "unauthenticated_dropped": {"per_source": stats.get("rate_limited", 0),
+                                        "budget": stats.get("budget_shed", 0)},
             "packets": {"client_to_peer": total["packets_from_client"], "peer_to_client": total["packets_to_client"]},
             "bytes": {"client_to_peer": total["bytes_from_client"], "peer_to_client": total["bytes_to_client"]},
             "dropped": {
