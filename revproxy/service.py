@@ -19,7 +19,7 @@ from twisted.internet import defer
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.logger import Logger
 
-from appliance import certs
+from appliance import certs, lean_dispatch
 from appliance.limits import raise_open_files_limit
 from appliance.publisher import StatsPublisher
 from appliance.sockets import Listener, bind_all, bind_tcp
@@ -199,6 +199,7 @@ class RevproxyService(MultiService):
         super().startService()
         cfg = self.config
         raise_nofile()
+        lean_dispatch.install(self.reactor)  # two reads per proxied request: the per-event log context is costly
         log.info("revproxy listening on https {https}{http}, nodes {nodes}, balance {balance}, worker {index}",
                  https=str(cfg.https), http=f" and http {cfg.http}" if cfg.http else "",
                  nodes=", ".join(n.name for n in cfg.nodes), balance=cfg.balance, index=self.worker_index)
