@@ -5,6 +5,10 @@ buffer and every read ends in an exception, and an idle connection holds about t
 read loop stops on the incoming BIO being empty (no exception per read) and each write goes straight into the TCP
 transport, so the TCP transport's own back-pressure reaches the application's producer unchanged.
 
+On Twisted's TCP transports the connection reads the socket itself (`read_socket` as the transport's `doRead`):
+the reactor's read goes straight to the decryption, one call where `doRead` -> `_dataReceived` -> `dataReceived`
+were three, with the same answers to the reactor at the end of the stream or on a socket error.
+
 `TLSConnection` is the protocol on the TCP transport and the transport of the wrapped protocol (`write`,
 `loseConnection` with close_notify, `abortConnection`, producers, `pauseProducing`/`resumeProducing` of reading).
 Writes made before the handshake finished are held and the registered producer is paused until then.
@@ -21,13 +25,14 @@ import ssl
 from typing import Any
 from typing import Protocol as TypingProtocol
 
-from twisted.internet import error, tcp
+from twisted.internet import error, main, tcp
 from twisted.internet.interfaces import IHandshakeListener, IPushProducer, ITransport
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
 _READ = 16384  # one TLS record's plaintext at most: SSL_read never returns more
+_RECV = 65536  # bytes read from the socket at once (Twisted's FileDescriptor.bufferSize)
 
 
 def _send_now(transport: Any, data: bytes) -> None:
@@ -77,9 +82,16 @@ class TLSConnection(Protocol):
         self.reason: Failure | None = None
         self.connected = False
         self.tickets_expected = False  # client side: the peer's TLS 1.3 session tickets may still arrive
+        self.recv: Any = None  # the TCP socket's recv when this connection reads it itself (see connectionMade)
 
     # -- the TCP side ----------------------------------------------------------------------------------------
     def connectionMade(self) -> None:
+        transport = self.transport
+        if type(transport) is tcp.Server or type(transport) is tcp.Client:
+            # The reactor calls the transport's doRead for each read: `read_socket` in its place reads the socket
+            # and decrypts in one call, where tcp.Connection's doRead -> _dataReceived -> dataReceived took three.
+            self.recv = transport.socket.recv
+            transport.doRead = self.read_socket
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.sslobj = self.creator.wrap(self.incoming, self.outgoing)
         # ssl.SSLObject's read, write and pending are one-line Python wrappers around the same methods of the C
@@ -120,6 +132,20 @@ class TLSConnection(Protocol):
             producer = self.transport.producer
             if producer is not None and not self.transport.producerPaused:
                 producer.resumeProducing()
+
+    def read_socket(self) -> Any:
+        """`tcp.Connection.doRead` with its `_dataReceived` (same answers: None, CONNECTION_LOST on a socket error,
+        CONNECTION_DONE at the end of the stream), the bytes going straight to `dataReceived`."""
+        try:
+            data = self.recv(_RECV)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return main.CONNECTION_LOST
+        if not data:
+            return main.CONNECTION_DONE
+        self.dataReceived(data)
+        return None
 
     def dataReceived(self, data: bytes) -> None:
         if self.tls_done:

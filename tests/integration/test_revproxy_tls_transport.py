@@ -295,3 +295,36 @@ def test_the_nodes_session_tickets_leave_no_16k_buffer_behind_on_an_open_connect
     without = _bytes_per_open_client(reactor, pki, tickets=0)
     with_tickets = _bytes_per_open_client(reactor, pki, tickets=2)
     assert with_tickets - without < 4096, (with_tickets, without)
+
+
+@pytest.mark.parametrize("ending", ["fin", "rst"])
+def test_the_connection_reads_its_socket_itself_and_ends_as_twisteds_read_would(reactor, pki, ending):
+    """The TCP transport's doRead is the TLS connection's own read (one call per read); a TCP end without
+    close_notify still ends the connection: ConnectionDone on a FIN, ConnectionLost on a reset."""
+    server, _, port = serve(reactor, pki)
+    ctx = pki.client_context()
+    s = ctx.wrap_socket(socket.create_connection(("127.0.0.1", port), timeout=5), server_hostname="localhost",
+                        do_handshake_on_connect=False)
+    s.setblocking(False)
+
+    def handshaken() -> bool:
+        with contextlib.suppress(ssl.SSLWantReadError, ssl.SSLWantWriteError):
+            s.do_handshake()
+            return bool(server.built) and server.built[0].handshaken
+        return False
+
+    spin(reactor, handshaken)
+    tls = server.built[0].transport
+    assert tls.transport.doRead == tls.read_socket
+    s.setblocking(True)
+    s.sendall(b"hello")
+    spin(reactor, lambda: server.built[0].data == b"hello")
+    if ending == "rst":  # (closing with a zero linger time sends a reset)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        s.close()
+    else:  # (the socket's own shutdown: no close_notify)
+        s.shutdown(socket.SHUT_WR)
+    spin(reactor, lambda: server.built[0].lost is not None)
+    expected = error.ConnectionDone if ending == "fin" else error.ConnectionLost
+    assert server.built[0].lost.check(expected), server.built[0].lost
+    s.close()
