@@ -2,18 +2,23 @@
 
     .venv/bin/python benchmarks/relay_flood.py [--sources 250] [--seconds 8] [--attempts 6]
 
-Starts our `twistd relay` twice, once with the per-source limit off (`unauthenticated_rate = 0`, as before it
-existed) and once with the defaults, floods each with Binding requests from `--sources` addresses 127.1.x.y (one
-Python sender in its own process), and after the first second has a fresh client on 127.0.0.9 send `--attempts`
-Bindings and unauthenticated Allocates (one try each, 1 s timeout). Prints the offered flood rate, the answers
-the client got, the datagrams the kernel dropped at the listener and the relay's RSS before, at the end of and
-after the flood. Loopback only; not part of the test run.
+Starts our `twistd relay` three times, one after the other in the same run: with the flood gate off
+(`unauthenticated_rate = 0`), with the per-source buckets only (`unauthenticated_budget = 0`) and with the defaults
+(per-source buckets and the global budget); floods each with Binding requests from `--sources` addresses 127.1.x.y
+(one Python sender in its own process), and after the first second has a fresh client on 127.0.0.9 send
+`--attempts` Bindings and unauthenticated Allocates (one try each, 1 s timeout). Prints the offered flood rate, the
+answers the client got, the datagrams the kernel dropped at the listener, the relay's RSS before, at the end of and
+after the flood, and the machine's load average around each row (the figures depend on what else runs: the
+flood's sender and the relay each want a core). Then, in this process, the CPU a dropped datagram costs the UDP
+listener (µs, best of 5 runs of a loop through `TurnUDPListener.datagramReceived`), for a source over its bucket
+and for one shed by the budget, next to an answered Binding. Loopback only; not part of the test run.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import tempfile
 import time
@@ -42,6 +47,7 @@ def rss_mib(pid: int) -> float:
 
 
 def measure(label: str, sources: int, seconds: float, attempts: int, **relay_table) -> dict:
+    load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         relay = RelayProcess(Path(tmp), **relay_table).start()
         try:
@@ -59,7 +65,43 @@ def measure(label: str, sources: int, seconds: float, attempts: int, **relay_tab
     return {"config": label, "flood_pps": round(flood.rate), "bindings": f"{bindings}/{attempts}",
             "allocates": f"{allocates}/{attempts}", "kernel_drops": drops, "relay_alive": alive,
             "rss_mib": {"before": round(rss_before, 1), "end_of_flood": round(rss_during, 1),
-                        "2s_after": round(rss_after, 1)}}
+                        "2s_after": round(rss_after, 1)},
+            "load_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}}
+
+
+def drop_cost(repeat: int = 200_000) -> dict:
+    """CPU µs per datagram through the UDP listener (in process, fake clock, no sockets): a source over its bucket,
+    a source shed by the budget, and an answered Binding for scale."""
+    from relay.allocation import TurnSettings
+    from relay.shell import TurnUDPListener
+    from relay.stun import Message, MessageClass, Method, encode
+    from tests.support.relay_fakes import REALM, SERVER, TurnHarness
+
+    request = encode(Message(Method.BINDING, MessageClass.REQUEST, bytes(12), []))
+
+    def per_datagram(harness: TurnHarness, source: tuple, count: int) -> float:
+        listener = TurnUDPListener(harness.server, SERVER)
+        receive = listener.datagramReceived
+        for _ in range(100):
+            receive(request, source)
+        best = float("inf")
+        for _ in range(5):
+            start = time.process_time()
+            for _ in range(count):
+                receive(request, source)
+            best = min(best, (time.process_time() - start) / count * 1e6)
+        return round(best, 2)
+
+    over_bucket = TurnHarness(settings=TurnSettings(realm=REALM, unauthenticated_budget=0))
+    # The clock stands still: the budget is spent for good, and a bucket below half of a huge burst sheds every
+    # datagram (each takes one of its 1e9 tokens).
+    shed = TurnHarness(settings=TurnSettings(realm=REALM, unauthenticated_budget=1, unauthenticated_burst=1e12))
+    shed.server.sources._budget_tokens = 0.0
+    shed.server.sources._buckets["192.0.2.1"] = [1e9, shed.clock()]
+    answered = TurnHarness(settings=TurnSettings(realm=REALM, unauthenticated_rate=0))
+    return {"over_its_bucket_us": per_datagram(over_bucket, ("192.0.2.1", 5000), repeat),
+            "shed_by_budget_us": per_datagram(shed, ("192.0.2.1", 5000), repeat),
+            "answered_binding_us": per_datagram(answered, ("192.0.2.1", 5000), repeat // 20)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -71,19 +113,34 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     raise_open_files_limit()  # a socket per flood source
     rows = [
-        measure("no per-source limit (before)", args.sources, args.seconds, args.attempts, unauthenticated_rate=0),
-        measure("defaults (after)", args.sources, args.seconds, args.attempts),
+        measure("gate off (unauthenticated_rate = 0)", args.sources, args.seconds, args.attempts,
+                unauthenticated_rate=0),
+        measure("per-source buckets only (unauthenticated_budget = 0)", args.sources, args.seconds, args.attempts,
+                unauthenticated_budget=0),
+        measure("per-source buckets + global budget (defaults)", args.sources, args.seconds, args.attempts),
     ]
+    costs = drop_cost()
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"rows": rows, "drop_cost": costs, "cpus": os.cpu_count()}, indent=2))
         return 0
-    print(f"| relay | flood pps ({args.sources} sources) | Bindings answered | Allocates answered (401) "
-          "| dropped by the kernel at the listener | relay RSS before / end of flood / 2 s after (MiB) |")
-    print("|---|---|---|---|---|---|")
+    print(f"Flood: {args.sources} sources for {args.seconds:g} s; legitimate client: {args.attempts} Bindings and "
+          f"{args.attempts} unauthenticated Allocates, one try each, 1 s timeout. Machine: {os.cpu_count()} CPUs; "
+          "the load average (1 min) is given per row: above ~1 before a row, something else was running and the "
+          "figures are not of record.")
+    print()
+    print(f"| relay | flood pps offered ({args.sources} sources) | Bindings answered | Allocates answered (401) "
+          "| dropped by the kernel at the listener | relay RSS before / end of flood / 2 s after (MiB) "
+          "| load before / after |")
+    print("|---|---|---|---|---|---|---|")
     for row in rows:
-        rss = row["rss_mib"]
+        rss, load = row["rss_mib"], row["load_1min"]
         print(f"| {row['config']} | {row['flood_pps']} | {row['bindings']} | {row['allocates']} "
-              f"| {row['kernel_drops']} | {rss['before']} / {rss['end_of_flood']} / {rss['2s_after']} |")
+              f"| {row['kernel_drops']} | {rss['before']} / {rss['end_of_flood']} / {rss['2s_after']} "
+              f"| {load['before']} / {load['after']} |")
+    print()
+    print(f"CPU per datagram in the UDP listener (in process, best of 5): over its source's bucket "
+          f"{costs['over_its_bucket_us']} µs, shed by the budget {costs['shed_by_budget_us']} µs, an answered "
+          f"Binding {costs['answered_binding_us']} µs.")
     return 0
 
 

@@ -153,7 +153,7 @@ class TurnServer:
         drop = sources.check(source, self.clock())
         if drop is None:
             return True
-        self.stats[drop.value] += 1
+        self.stats[drop] += 1
         return False
 
     def handle_stun(self, data: bytes, five_tuple: FiveTuple, send: ClientSender,

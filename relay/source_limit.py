@@ -30,9 +30,8 @@ bucket, which is what an idle one would have had anyway); the oldest trusted sou
 from __future__ import annotations
 
 import collections
-import enum
 
-__all__ = ["OVER_BUDGET_COST", "Drop", "SourceRateLimiter"]
+__all__ = ["BUDGET_SHED", "OVER_BUDGET_COST", "RATE_LIMITED", "SourceRateLimiter"]
 
 # Over the budget: tokens an answered request costs its source (its rate is divided by this), and the share of its
 # burst the source's bucket must hold for it to be answered at all.
@@ -40,11 +39,9 @@ OVER_BUDGET_COST = 4.0
 QUIET_SHARE = 0.5
 
 
-class Drop(enum.Enum):
-    """Why a request was not handled; the value is the core's counter name."""
-
-    PER_SOURCE = "rate_limited"  # over its source's bucket
-    BUDGET = "budget_shed"  # the global budget was spent and its source has been spending its bucket
+# Why a request was not handled, as the core's counter names (plain strings: the drop path counts them per datagram).
+RATE_LIMITED = "rate_limited"  # over its source's bucket
+BUDGET_SHED = "budget_shed"  # the global budget was spent and its source has been spending its bucket
 
 
 class SourceRateLimiter:
@@ -92,8 +89,9 @@ class SourceRateLimiter:
         """May this source's request be handled? False: drop it (counted in `dropped` or `shed`)."""
         return self.check(source, now) is None
 
-    def check(self, source: str, now: float) -> Drop | None:
-        """None: handle this source's request; otherwise why to drop it (counted in `dropped` or `shed`)."""
+    def check(self, source: str, now: float) -> str | None:
+        """None: handle this source's request; otherwise why to drop it, RATE_LIMITED or BUDGET_SHED (counted in
+        `dropped` or `shed`)."""
         until = self._trusted.get(source)
         if until is not None:
             if until > now:
@@ -117,12 +115,12 @@ class SourceRateLimiter:
             if tokens < 1.0:
                 bucket[0] = tokens
                 self.dropped += 1
-                return Drop.PER_SOURCE
+                return RATE_LIMITED
         if self.budget and not self._spend_budget(now):
             if tokens < burst * QUIET_SHARE:
                 bucket[0] = tokens - 1.0
                 self.shed += 1
-                return Drop.BUDGET
+                return BUDGET_SHED
             tokens -= OVER_BUDGET_COST - 1.0
             if tokens < 1.0:
                 tokens = 1.0

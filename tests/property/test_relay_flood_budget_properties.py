@@ -7,7 +7,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from relay.source_limit import OVER_BUDGET_COST, Drop, SourceRateLimiter
+from relay.source_limit import OVER_BUDGET_COST, SourceRateLimiter
 from tests.support.strategies import scaled
 
 RATE, BURST = 10.0, 40.0
@@ -56,4 +56,4 @@ def test_over_the_budget_a_steady_flooder_is_shed_and_gets_at_most_a_quarter_of_
     limit = budget * (seconds + 1) + sources * (BURST / 2 + RATE / OVER_BUDGET_COST * seconds + OVER_BUDGET_COST)
     assert handled <= limit
     if sources * RATE > 2 * budget and seconds >= 2.0:
-        assert limiter.shed > 0 and Drop.BUDGET.value == "budget_shed"
+        assert limiter.shed > 0

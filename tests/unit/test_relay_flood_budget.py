@@ -18,7 +18,7 @@ from relay.allocation import TurnSettings
 from relay.config import relay_config_from_table
 from relay.service import turn_settings
 from relay.shell import TurnUDPListener
-from relay.source_limit import Drop, SourceRateLimiter
+from relay.source_limit import BUDGET_SHED, RATE_LIMITED, SourceRateLimiter
 from relay.stats import relay_snapshot
 from relay.stun import Message, MessageClass, Method, encode, parse
 from tests.support.relay_fakes import REALM, RELAY_IP, SERVER, TurnHarness, error_code
@@ -40,7 +40,7 @@ def flood(limiter: SourceRateLimiter, sources: int, now: float, rounds: int = 1)
 def test_within_the_budget_every_source_gets_its_own_rate():
     limiter = SourceRateLimiter(rate=10, burst=40, budget=10_000)
     assert flood(limiter, 100, 0.0, rounds=40) == {None: 4000}
-    assert flood(limiter, 100, 0.0) == {Drop.PER_SOURCE: 100}
+    assert flood(limiter, 100, 0.0) == {RATE_LIMITED: 100}
     assert limiter.shed == 0 and limiter.dropped == 100
 
 
@@ -53,7 +53,7 @@ def test_over_the_budget_spenders_are_shed_and_a_new_or_quiet_client_is_still_an
         if step % 5 == 0:
             assert limiter.check("192.0.2.1", now) is None  # a quiet client, a request every 0.5 s
     late = flood(limiter, 200, now + 0.1, rounds=5)
-    assert late[Drop.BUDGET] + late[Drop.PER_SOURCE] >= 990 and late[None] <= 10 + 1
+    assert late[BUDGET_SHED] + late[RATE_LIMITED] >= 990 and late[None] <= 10 + 1
     assert limiter.check("192.0.2.99", now + 0.1) is None  # a fresh one too
     assert limiter.shed > 0
 
@@ -62,7 +62,7 @@ def test_over_the_budget_a_source_is_held_to_a_quarter_of_its_rate():
     limiter = SourceRateLimiter(rate=10, burst=40, budget=1)
     limiter.check("10.9.9.9", 0.0)  # the budget's one request is gone
     steady = [limiter.check("192.0.2.1", t / 10) for t in range(1, 101)]  # 10 a second, within its own rate
-    assert steady.count(None) < 40 and Drop.BUDGET in steady  # ~burst/2 + 10 s at 2.5 a second, then shed
+    assert steady.count(None) < 40 and BUDGET_SHED in steady  # ~burst/2 + 10 s at 2.5 a second, then shed
     slow = [limiter.check("192.0.2.2", t * 0.4) for t in range(1, 101)]  # one every 0.4 s: never shed
     assert slow == [None] * 100
 
