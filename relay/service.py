@@ -19,6 +19,7 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.logger import Logger
 
+from appliance import lean_dispatch
 from appliance.certs import BundleError
 from appliance.limits import raise_open_files_limit as raise_limit
 from appliance.publisher import StatsPublisher
@@ -139,6 +140,10 @@ class RelayService(Service):
     def startService(self) -> None:
         super().startService()
         raise_open_files_limit()
+        # Every UDP socket is read through one event (relay.datagram.Multiplexer): without the per-event log context
+        # a wake-up costs twelve Python calls fewer (44 -> 32 with one datagram), and with workers = 2 each worker
+        # wakes more often for the same traffic.
+        lean_dispatch.install(self.reactor)
         for i, (host, port) in enumerate(self.config.listen):
             udp_sock, tcp_sock = self.inherited[i] if self.inherited else (None, None)
             udp = listen_udp(self.reactor, self.core, host, port, udp_sock)

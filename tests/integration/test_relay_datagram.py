@@ -366,3 +366,63 @@ def test_the_real_relay_runs_each_back_end_and_relays_channel_data_both_ways(tmp
         client.close()
         peer.close()
         relay.stop()
+
+
+def epoll_reactor():
+    """Twisted's own epoll reactor, not installed: the tests below run one pass of its loop (`doIteration`)."""
+    from twisted.internet.epollreactor import EPollReactor
+
+    return EPollReactor()
+
+
+def close_reactor(reactor) -> None:
+    reactor.removeAll()
+    reactor._poller.close()
+
+
+def test_under_the_epoll_reactor_the_relays_sockets_are_read_without_the_log_context(backend, monkeypatch):
+    """With appliance.lean_dispatch (the relay service installs it), one pass of Twisted's epoll loop reads the
+    relay's sockets (the batched sockets' one event, or each socket's own) and sends what they wrote, and never
+    enters the per-event legacy log context: a wake-up is what workers = 2 pays more often."""
+    from twisted.python import log
+
+    from appliance import lean_dispatch
+
+    reactor = epoll_reactor()
+    assert lean_dispatch.install(reactor)
+    contexts = []
+    monkeypatch.setattr(log, "callWithLogger", lambda *args, **kwargs: contexts.append(args))
+    peer = udp_socket()
+    relayed = DatagramSocket(reactor, open_udp_socket("127.0.0.1", 0),
+                             lambda data, addr: relayed.write(data + b" relayed", peer.getsockname()), "relay")
+    sender = udp_socket()
+    for n in range(3):
+        sender.sendto(b"%d" % n, relayed.sock.getsockname())
+    deadline = time.monotonic() + 5
+    got: list = []
+    while len(got) < 3 and time.monotonic() < deadline:
+        reactor.doIteration(0.1)
+        got += drain(peer)
+    assert got == [(b"%d relayed" % n, relayed.sock.getsockname()) for n in range(3)]
+    assert contexts == []
+    close_all(relayed, sender, peer)
+    close_reactor(reactor)
+
+
+def test_the_relay_service_installs_the_lean_dispatch_on_the_epoll_reactor(tmp_path):
+    from relay.config import relay_config_from_table
+    from relay.service import RelayService
+    from tests.support.net import free_port
+
+    reactor = epoll_reactor()
+    config = relay_config_from_table({"listen": [f"127.0.0.1:{free_port()}"], "realm": "rpturn.test",
+                                      "relay_ip": "127.0.0.1", "min_port": 40000, "max_port": 40099,
+                                      "allowed_peers": ["127.0.0.0/8"], "users": {"alice": "secret"}})
+    service = RelayService(config, reactor, nonce_secret=os.urandom(32))
+    assert not getattr(reactor, "lean_dispatch", False)
+    service.startService()
+    try:
+        assert reactor.lean_dispatch is True
+    finally:
+        service.stopService()
+        close_reactor(reactor)
