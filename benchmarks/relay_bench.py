@@ -238,6 +238,7 @@ class Bench:
         self.client_busiest = 0.0
         self.descriptions: dict[str, str] = {}
         self.first_found: dict[tuple[str, str], float] = {}  # (server, scenario) -> first round's max pps
+        self.last_wakeups = 0  # the server's wake-ups (voluntary context switches) over the last measured run
 
     # --- servers ---
 
@@ -263,10 +264,11 @@ class Bench:
 
     def _measured(self, server: Server, args: list[str], timeout: float,
                   transport: str = "udp") -> tuple[dict, float, int]:
-        """A uclient run, the server's CPU seconds over it and its peak RSS (bytes) while it ran."""
+        """A uclient run, the server's CPU seconds over it and its peak RSS (bytes) while it ran; the server's
+        wake-ups over it in `last_wakeups`."""
         assert self.peer is not None
         try:
-            before = sample(server.pid)
+            before = sample(server.pid, wakeups=True)
         except ProcessGone:
             raise BenchError(f"{server.name} died") from None
         peak = [before.rss_bytes]
@@ -282,9 +284,10 @@ class Bench:
         wall = time.monotonic() - wall
         client_after = os.times()
         try:
-            after = sample(server.pid)
+            after = sample(server.pid, wakeups=True)
         except ProcessGone:
             raise BenchError(f"{server.name} died during {' '.join(args)}") from None
+        self.last_wakeups = after.wakeups - before.wakeups
         self.peer_busiest = max(self.peer_busiest, (self.peer.cpu() - peer_before) / wall)
         client_cpu = (client_after.children_user + client_after.children_system
                       - client_before.children_user - client_before.children_system)
@@ -323,6 +326,7 @@ class Bench:
             self.first_found.setdefault((server.name, scenario.name), record["max_pps"])
         relayed = relayed_packets(result)
         record["cpu_us_per_packet"] = cpu / relayed * 1e6 if relayed else None
+        record["packets_per_wakeup"] = relayed / self.last_wakeups if relayed and self.last_wakeups else None
         result, cpu, rss = self._measured(
             server, [*common, "--rate", str(FIXED_RATE), "--duration", str(self.timing.fixed_duration),
                      "--linger", "0.3"], timeout=30, transport=over)
@@ -442,7 +446,9 @@ class Bench:
                      f"(all its processes)")
         notes.append(f"max pps: uclient --max-pps, {self.timing.step_duration} s per rate step, loss <= "
                      f"{LOSS_LIMIT} %, a failed step retried once; the offered rate of the best step held; "
-                     "CPU per packet over that whole search, packets relayed both ways")
+                     "CPU per packet over that whole search, packets relayed both ways; packets per wake-up: "
+                     "those packets over the voluntary context switches of every thread of the server's processes "
+                     "in that search (how much work a server finds each time it wakes)")
         notes.append(f"RTT: {self.timing.fixed_duration} s at {FIXED_RATE} pps; relay ports {MIN_PORT}-{MAX_PORT}")
         notes.append("RSS is user-space memory of the whole process tree (workers and supervisor each count); "
                      "kernel socket buffers are in neither server's figure")

@@ -16,6 +16,7 @@ METRICS = (
     ("RTT p50 @ 1000 pps (ms)", "rtt_p50_ms", "{:.3f}", False),
     ("RTT p99 @ 1000 pps (ms)", "rtt_p99_ms", "{:.3f}", False),
     ("CPU µs / relayed packet", "cpu_us_per_packet", "{:.1f}", False),
+    ("relayed packets per server wake-up", "packets_per_wakeup", "{:.1f}", True),
     ("server RSS (MiB)", "rss_mib", "{:.1f}", False),
 )
 

@@ -48,3 +48,6 @@ def test_scenarios_and_several_coturns_in_one_targeted_run(tmp_path):
     assert f"| ours-w1-python / {first} | ours-w1-python / {second} |" in done.stdout
     assert "datagram I/O python" in done.stdout
     assert results["missing"] == []
+    # How much work each server finds per wake-up (voluntary context switches of all its threads and processes).
+    assert all(results["scenarios"][0]["median"][name]["packets_per_wakeup"] > 0 for name in results["servers"])
+    assert "| relayed packets per server wake-up |" in done.stdout
