@@ -350,9 +350,10 @@ _DATA_INDICATION = _message_type(Method.DATA, MessageClass.INDICATION)
 _KNOWN_TYPES = frozenset(_ATTRIBUTES)
 _SEND_HEADER = struct.Struct(">HHI")
 _XOR_V4_VALUE = struct.Struct(">HI")
-# Data indication = header, XOR-PEER-ADDRESS (IPv4 or IPv6), DATA attribute header; the payload follows.
-_DATA_INDICATION_V4 = struct.Struct(">HHI12sHHxBHIHH")
-_DATA_INDICATION_V6 = struct.Struct(">HHI12sHHxBH16sHH")
+# Data indication = header, XOR-PEER-ADDRESS (IPv4 or IPv6), DATA attribute header; the payload follows. Per
+# family: the packer, the family byte, XOR-PEER-ADDRESS's value length and the message length before DATA's value.
+_DATA_INDICATION_IPV4 = (struct.Struct(">HHI12sHHxBHIHH").pack, _FAMILY_IPV4, 8, 4 + 8 + 4)
+_DATA_INDICATION_IPV6 = (struct.Struct(">HHI12sHHxBH16sHH").pack, _FAMILY_IPV6, 20, 4 + 20 + 4)
 _PADDING = (b"", b"\0\0\0", b"\0\0", b"\0")  # indexed by length % 4
 
 
@@ -439,18 +440,13 @@ def encode_data_indication(transaction_id: bytes, peer: tuple[str, int], payload
     padding = _PADDING[len(payload) % 4]
     try:
         address = _UINT32.unpack(inet_pton(AF_INET, host))[0] ^ MAGIC_COOKIE
+        pack, family, value_length, length = _DATA_INDICATION_IPV4
     except OSError:
-        xored = _xor_bytes(_pack_ipv6(host), transaction_id)
-        length = 24 + 4 + len(payload) + len(padding)
-        header = _DATA_INDICATION_V6.pack(
-            _DATA_INDICATION, length, MAGIC_COOKIE, transaction_id,
-            0x0012, 20, _FAMILY_IPV6, port ^ _PORT_MASK, xored, 0x0013, len(payload),
-        )  # fmt: skip
-        return b"".join((header, payload, padding))
-    length = 12 + 4 + len(payload) + len(padding)
-    header = _DATA_INDICATION_V4.pack(
-        _DATA_INDICATION, length, MAGIC_COOKIE, transaction_id,
-        0x0012, 8, _FAMILY_IPV4, port ^ _PORT_MASK, address, 0x0013, len(payload),
+        address = _xor_bytes(_pack_ipv6(host), transaction_id)
+        pack, family, value_length, length = _DATA_INDICATION_IPV6
+    header = pack(
+        _DATA_INDICATION, length + len(payload) + len(padding), MAGIC_COOKIE, transaction_id,
+        0x0012, value_length, family, port ^ _PORT_MASK, address, 0x0013, len(payload),
     )  # fmt: skip
     return b"".join((header, payload, padding))
 
