@@ -79,10 +79,12 @@ class Head:
         return b"close" not in self.connection
 
 
-def _fields(lines: list[bytes], head: Head, error_status: int) -> tuple[list[bytes], list[bytes]]:
-    """Parse header lines into head.fields; return (Content-Length values, Transfer-Encoding values)."""
+def _fields(lines: list[bytes], head: Head, error_status: int) -> tuple[list[bytes], list[bytes], int]:
+    """Parse header lines into head.fields; return (Content-Length values, Transfer-Encoding values, the number of
+    Host fields)."""
     lengths: list[bytes] = []
     encodings: list[bytes] = []
+    hosts = 0
     connection: set[bytes] = set()
     fields = head.fields
     for line in lines:
@@ -102,9 +104,11 @@ def _fields(lines: list[bytes], head: Head, error_status: int) -> tuple[list[byt
             connection.update([t.strip().lower() for t in value.split(b",")])  # (a list: fewer calls than a generator)
         elif lname == b"upgrade":
             head.upgrade = value
+        elif lname == b"host":
+            hosts += 1
         fields.append((lname, name, value))
     head.connection = frozenset(connection)
-    return lengths, encodings
+    return lengths, encodings, hosts
 
 
 def _content_length(values: list[bytes], error_status: int) -> int:
@@ -118,11 +122,12 @@ def _content_length(values: list[bytes], error_status: int) -> int:
 
 
 def _split_head(data: bytes, error_status: int) -> list[bytes]:
-    lines = data.split(b"\r\n")
-    for line in lines:
-        if b"\n" in line or b"\r" in line:
-            raise HTTPError(error_status, "bare CR or LF in the head")
-    return lines
+    # With every CRLF taken out (the same left-to-right pairing as the split), any CR or LF left is a bare one: two
+    # C-level tests instead of two per line.
+    joined = data.replace(b"\r\n", b"")
+    if b"\n" in joined or b"\r" in joined:
+        raise HTTPError(error_status, "bare CR or LF in the head")
+    return data.split(b"\r\n")
 
 
 def parse_request(data: bytes) -> Head:
@@ -146,12 +151,11 @@ def parse_request(data: bytes) -> Head:
         raise HTTPError(400, "malformed request target")
     head = Head()
     head.method, head.version = method, v
-    lengths, encodings = _fields(lines[1:], head, 400)
+    lengths, encodings, hosts = _fields(lines[1:], head, 400)
     if method == b"CONNECT":
         raise HTTPError(405, "CONNECT is not proxied")
-    head.target = origin_form(target, method)
-    hosts = head.get_all(b"host")
-    if len(hosts) > 1 or (v == b"1.1" and not hosts):
+    head.target = target if target.startswith(b"/") else origin_form(target, method)  # (origin-form: no call)
+    if hosts > 1 or (v == b"1.1" and not hosts):
         raise HTTPError(400, "exactly one Host header is required")
     if encodings:
         if lengths:
@@ -217,7 +221,8 @@ def parse_response(data: bytes, request_method: bytes) -> Head:
         else:
             head.framing = CHUNKED
     elif lengths:
-        head.length = _content_length(lengths, 502)
+        # (one Content-Length of digits, the usual answer: what _content_length would find, without its call)
+        head.length = int(lengths[0]) if head.clean_length and len(lengths[0]) <= 18 else _content_length(lengths, 502)
         head.framing = LENGTH if head.length else NONE
     else:
         head.framing = UNTIL_CLOSE
