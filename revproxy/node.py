@@ -88,9 +88,9 @@ class NodeConnection(Deadline, Protocol):
             fw.flush()
 
     def received(self, fw: Forwarder, data: bytes) -> None:
+        """The read timeout restarts only where the response goes on past this read: a response that ends here
+        (nearly every API answer) clears it in `end`, so restarting it first would be a call for nothing."""
         self.got_any = True
-        if self.deadline is not None:
-            self.set_deadline(fw.config.upstream_read_timeout)
         if self.reader is None:
             heads = self.heads
             heads.append(data)
@@ -98,6 +98,8 @@ class NodeConnection(Deadline, Protocol):
                 try:
                     raw = heads.pop()
                     if raw is None:
+                        if self.deadline is not None:
+                            self.set_deadline(fw.config.upstream_read_timeout)
                         return
                     head = http1.parse_response(raw, fw.ex.head.method)
                 except HTTPError as e:
@@ -117,6 +119,8 @@ class NodeConnection(Deadline, Protocol):
             if self.reader.done:
                 return self.end(data)
             if not data:
+                if self.deadline is not None:  # (an event stream's was cancelled by response_head)
+                    self.set_deadline(fw.config.upstream_read_timeout)
                 fw.response_continues(self)
                 return
         try:
@@ -128,7 +132,10 @@ class NodeConnection(Deadline, Protocol):
         if self.reader.done:
             if self.forwarder is fw:
                 self.end(rest)
-        elif not fw.back_pressure and self.forwarder is fw:
+            return
+        if self.deadline is not None:
+            self.set_deadline(fw.config.upstream_read_timeout)
+        if not fw.back_pressure and self.forwarder is fw:
             fw.response_continues(self)
 
     def broken(self, fw: Forwarder, detail: str) -> None:
