@@ -235,12 +235,24 @@ class TLSConnection(Protocol):
                 self.held_producer = True
                 producer.pauseProducing()
             return
-        try:  # (_encrypt, inlined: one call less per response)
+        try:  # (_encrypt and _send_now, inlined: two calls less per response)
             self.tls.write(data)
         except ssl.SSLError:
             self._tls_failed(Failure())
             return
-        _send_now(self.transport, self.outgoing.read())  # type: ignore[union-attr]
+        data = self.outgoing.read()  # type: ignore[union-attr]
+        t = self.transport
+        # (`recv` is set on Twisted's own TCP transports, those _send_now writes to directly: see there)
+        if self.recv is not None and not t._tempDataBuffer and t.offset == len(t.dataBuffer) and t.connected \
+                and not t.disconnecting and not t._writeDisconnected:
+            try:
+                sent = t.socket.send(data)
+            except OSError:  # would block, or the connection is gone: Twisted's write finds out as usual
+                sent = 0
+            if sent == len(data):
+                return
+            data = data[sent:]
+        t.write(data)
 
     def _encrypt(self, data: bytes) -> None:
         try:
