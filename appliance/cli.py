@@ -9,6 +9,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from collections.abc import Callable, Sequence
+
+# How an operator command reports an exception: the exception types, the text after "PROG: ", the exit status.
+ErrorReport = tuple[type[BaseException] | tuple[type[BaseException], ...], Callable[[BaseException], str], int]
 
 # name -> module under appliance.commands; each module has HELP, add_arguments(parser) and run(args) -> int.
 SUBCOMMANDS: dict[str, str] = {
@@ -37,16 +41,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def run_reporting(prog: str, run: Callable[[], int], reports: Sequence[ErrorReport]) -> int:
+    """`run()`'s exit status; an exception `reports` lists (the first row that matches, as `except` clauses would)
+    is one line `prog: text` on stderr and that row's status instead of a traceback. Anything else propagates.
+
+    The operator commands (`rpturn`, `rpturn-users`) differ only in these rows.
+    """
+    try:
+        return run()
+    except BaseException as exc:
+        for kinds, text, status in reports:
+            if isinstance(exc, kinds):
+                print(f"{prog}: {text(exc)}", file=sys.stderr)
+                return status
+        raise
+
+
+REPORTS: tuple[ErrorReport, ...] = (
+    (CommandError, str, 1),
+    (KeyboardInterrupt, lambda _exc: "interrupted", 130),
+)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.run(args))
-    except CommandError as e:
-        print(f"rpturn {args.command}: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"rpturn {args.command}: interrupted", file=sys.stderr)
-        return 130
+    return run_reporting(f"rpturn {args.command}", lambda: int(args.run(args)), REPORTS)
 
 
 if __name__ == "__main__":

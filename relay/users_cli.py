@@ -31,6 +31,7 @@ from collections.abc import Iterator, Sequence
 from typing import NoReturn, TextIO
 
 from appliance.atomic import write_atomically
+from appliance.cli import ErrorReport, run_reporting
 from relay.auth import UserDbError, check_username, iter_userdb, long_term_key, read_userdb_bytes
 
 PROG = "rpturn-users"
@@ -228,21 +229,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+REPORTS: tuple[ErrorReport, ...] = (
+    ((UsageError, UserDbError), lambda exc: f"error: {exc}", 1),
+    (OSError, lambda exc: f"error: {exc.filename}: {exc.strerror or exc}", 1),
+    (KeyboardInterrupt, lambda _exc: "interrupted; nothing changed", 1),
+)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
+
+    def run() -> int:
         userdb, realm = resolve_settings(args)
         args.run(args, userdb, realm, sys.stdout)
-    except (UsageError, UserDbError) as exc:
-        print(f"{PROG}: error: {exc}", file=sys.stderr)
-        return 1
-    except OSError as exc:
-        print(f"{PROG}: error: {exc.filename}: {exc.strerror or exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted; nothing changed", file=sys.stderr)
-        return 1
-    return 0
+        return 0
+
+    return run_reporting(PROG, run, REPORTS)
 
 
 if __name__ == "__main__":
