@@ -15,10 +15,18 @@ from typing import Any
 from twisted.python import usage
 
 
-class Options(usage.Options):
+class ConfigOptions(usage.Options):
+    """What every twistd plugin of ours takes (`rpturn`, `relay`, `revproxy`): --config, the appliance's TOML file.
+
+    A plugin's own Options add their `longdesc` and `optParameters` (twistd gathers these over the base classes,
+    so --config stays the first)."""
+
     synopsis = "[options]"
-    longdesc = "The rpturn appliance: STUN/TURN relay and HTTPS reverse proxy, both from the one --config file."
     optParameters = [["config", "c", "conf/rpturn.toml", "the appliance's TOML config file"]]
+
+
+class Options(ConfigOptions):
+    longdesc = "The rpturn appliance: STUN/TURN relay and HTTPS reverse proxy, both from the one --config file."
 
 
 def makeService(options: Options) -> Any:

@@ -8,14 +8,13 @@ from __future__ import annotations
 
 from twisted.python import usage
 
+from appliance.tap import ConfigOptions
 from relay.config import load_relay_config
 
 
-class Options(usage.Options):
-    synopsis = "[options]"
+class Options(ConfigOptions):
     longdesc = "STUN/TURN relay. Settings come from the [relay] table of --config; options override them."
     optParameters = [
-        ["config", "c", "conf/rpturn.toml", "the appliance's TOML config file"],
         ["realm", None, None, "long-term credential realm"],
         ["min-port", None, None, "lowest relay port", int],
         ["max-port", None, None, "highest relay port", int],

@@ -8,16 +8,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from twisted.python import usage
-
+from appliance.tap import ConfigOptions
 from revproxy import config as configmod
 
 
-class Options(usage.Options):
-    synopsis = "[options]"
+class Options(ConfigOptions):
     longdesc = "HTTPS reverse proxy to the Conferencing Nodes; options override the config file's [revproxy]."
     optParameters = [
-        ["config", "c", "conf/rpturn.toml", "the appliance's TOML config file"],
         ["https", None, None, "HTTPS listen address:port"],
         ["http", None, None, "plain-HTTP (redirect) listen address:port; \"\" turns it off"],
         ["certificate", None, None, "PEM bundle: server certificate, unencrypted key, intermediates"],
