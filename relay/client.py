@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass
 from typing import Any
 
 from relay import stun
@@ -144,32 +144,26 @@ def new_transaction_id() -> bytes:
     return os.urandom(12)
 
 
+@dataclass(eq=False, repr=False)
 class TurnClient:
-    """One client of one STUN/TURN server over one transport (one 5-tuple, so at most one allocation)."""
+    """One client of one STUN/TURN server over one transport (one 5-tuple, so at most one allocation).
 
-    def __init__(
-        self,
-        credentials: Credentials | None = None,
-        *,
-        reliable: bool = False,
-        software: str | None = None,
-        rto: float = RTO,
-        max_sends: int = RC,
-        last_wait: int = RM,
-        reliable_timeout: float = TI,
-        keepalive: bool = False,
-        transaction_timeout: float | None = None,
-    ) -> None:
-        self.credentials = credentials
-        self.reliable = reliable
-        self.software = software
-        self.rto = rto
-        self.max_sends = max_sends
-        self.last_wait = last_wait
-        self.reliable_timeout = reliable_timeout
-        self.keepalive = keepalive
-        self.transaction_timeout = transaction_timeout  # caps the RFC schedule (interactive tools)
-        self.realm: str | None = credentials.realm if credentials else None
+    The fields are how it behaves (`TurnClient(credentials, reliable=True, ...)`); its state starts in
+    `__post_init__`."""
+
+    credentials: Credentials | None = None
+    _: KW_ONLY
+    reliable: bool = False
+    software: str | None = None
+    rto: float = RTO
+    max_sends: int = RC
+    last_wait: int = RM
+    reliable_timeout: float = TI
+    keepalive: bool = False
+    transaction_timeout: float | None = None  # caps the RFC schedule (interactive tools)
+
+    def __post_init__(self) -> None:
+        self.realm: str | None = self.credentials.realm if self.credentials else None
         self.nonce: str | None = None
         self._key: bytes | None = None
         self.allocation: Allocation | None = None
