@@ -239,6 +239,7 @@ class Bench:
         self.descriptions: dict[str, str] = {}
         self.first_found: dict[tuple[str, str], float] = {}  # (server, scenario) -> first round's max pps
         self.last_wakeups = 0  # the server's wake-ups (voluntary context switches) over the last measured run
+        self.datagram_io: dict[str, list[list[str]]] = {}  # ours: per server start, each process's datagram counts
 
     # --- servers ---
 
@@ -255,6 +256,10 @@ class Bench:
                 settle(server.pid, workers=0 if is_coturn(name) else workers_of(name))
                 self.descriptions.setdefault(name, server.description)
                 yield server
+            for line in server.datagram_io:  # ours, stopped: datagrams per reactor event in each process
+                self.log(f"{name} datagram I/O, {line}")
+            if server.datagram_io:
+                self.datagram_io.setdefault(name, []).append(server.datagram_io)
         except (RuntimeError, OSError) as error:
             if isinstance(error, BenchError):
                 raise
@@ -433,6 +438,7 @@ class Bench:
             "allocations": allocations,
             "missing": self.missing,
             "round_failures": self.round_failures,
+            "datagram_io": self.datagram_io,
         }
 
     def environment(self) -> dict:

@@ -26,6 +26,12 @@ def test_quick_relay_benchmark_prints_ratio_tables_and_exits_0(tmp_path):
     results = json.loads(results_path.read_text())
     assert results["missing"] == []
     assert all(target["met"] is not None for target in results["targets"])
+    # Our relay's datagram counts, from its log once stopped: one line per server start (one process each).
+    starts = results["datagram_io"]["ours-w1"]
+    assert starts and all(len(lines) == 1 for lines in starts), starts
+    for [counts] in starts:
+        assert re.fullmatch(r"process: \d+ datagrams read in \d+ reactor events \([\d.]+ per event\) and \d+ "
+                            r"passes", counts), counts
 
 
 def test_scenarios_and_several_coturns_in_one_targeted_run(tmp_path):

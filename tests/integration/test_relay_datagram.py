@@ -426,3 +426,30 @@ def test_the_relay_service_installs_the_lean_dispatch_on_the_epoll_reactor(tmp_p
     finally:
         service.stopService()
         close_reactor(reactor)
+
+
+def test_the_multiplexer_counts_datagrams_per_reactor_event_and_logs_them_when_it_goes(monkeypatch):
+    """Batched: events, passes that found a socket ready and datagrams read are counted (no per-datagram work) and
+    logged in one line when the last socket closes: datagrams per event is what a wake-up's cost is spread over."""
+    from twisted.logger import Logger, formatEvent
+
+    monkeypatch.setattr(datagram, "_backend", datagram.backend())  # restored after the test
+    datagram.use_backend("batched")
+    events: list = []
+    monkeypatch.setattr(datagram, "log", Logger(observer=events.append))
+    reactor = Readers()
+    sink = DatagramSocket(reactor, open_udp_socket("127.0.0.1", 0), lambda data, addr: None, "sink")
+    multiplexer = sink.multiplexer
+    sender = udp_socket()
+    for n in range(5):
+        sender.sendto(b"%d" % n, sink.sock.getsockname())
+    time.sleep(0.05)
+    multiplexer.doRead()  # one event: a pass reads all five, a second finds nothing
+    sender.sendto(b"more", sink.sock.getsockname())
+    time.sleep(0.05)
+    multiplexer.doRead()
+    assert (multiplexer.events, multiplexer.passes, multiplexer.datagrams) == (2, 2, 6)
+    assert events == []
+    close_all(sink, sender)
+    assert [formatEvent(event) for event in events] == [
+        "relay UDP sockets: 6 datagrams read in 2 reactor events (3.0 per event) and 2 passes"]
