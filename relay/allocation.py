@@ -83,11 +83,11 @@ class TurnSettings:
     transactions_per_user: int = 5_000
     transaction_cache_bytes: int = 16 * 1024 * 1024
     # Requests from clients without an allocation, per source IP not yet authenticated (relay.source_limit): a
-    # second, burst; 0 = off. The budget: such requests a second in all before each source is held to a quarter
-    # of its rate (0 = no budget).
+    # second, burst; 0 = off. The budget: such requests a second in all before each source is held to half its
+    # rate (0 = no budget).
     unauthenticated_rate: float = 10.0
     unauthenticated_burst: float = 40.0
-    unauthenticated_budget: float = 2000.0
+    unauthenticated_budget: float = 500.0
 
 
 class TurnError(Exception):

@@ -47,7 +47,7 @@ class RelayConfig:
     # (also at most a quarter of the open-files limit), their lifetime (s) and buffer (bytes); the retransmission
     # cache per user (entries) and in all (bytes); requests from clients without an allocation per source IP that
     # has not authenticated lately, a second (0 = no limit), and their burst; such requests a second in all before
-    # sources are held to a quarter of their rate (0 = no budget; needs the per-source limit).
+    # sources are held to half their rate (0 = no budget; needs the per-source limit).
     tcp_unallocated_per_ip: int = 64
     tcp_unallocated_max: int = 10_000
     tcp_unallocated_lifetime: int = 60
@@ -56,7 +56,7 @@ class RelayConfig:
     transaction_cache_bytes: int = 16 * 1024 * 1024
     unauthenticated_rate: int = 10
     unauthenticated_burst: int = 40
-    unauthenticated_budget: int = 2000
+    unauthenticated_budget: int = 500
     # Where this config came from, for reloads and messages; not a TOML key.
     source: str | None = None
 

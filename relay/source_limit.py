@@ -8,14 +8,21 @@ client got 2 of 6 Bindings answered, the rest lost in a full socket buffer behin
 parsing, so the relay keeps up with reading and everyone else's requests get through.
 
 Many sources each within their rate still add up (2,000 sources at 10 a second are 20,000 full requests a
-second), so there is also a global `budget`: requests a second, in all, that get the per-source rate (a bucket of
-one second's worth).
-Once it is spent the relay is under a flood and each source is held to a quarter of its rate: a request is then
-answered only if its source's bucket is at least half full, and costs it `OVER_BUDGET_COST` tokens. Flooders'
-buckets hover near empty, so they are shed first (counted in `shed`), while a new or quiet client, whose bucket is
-full, is still answered: one sending at most a request every `OVER_BUDGET_COST / rate` seconds (0.4 s at the
-default 10 a second) is never shed. A request that is shed still takes a token from its source, so a flooder
-stays at the bottom. The budget is per worker process (each has its own gate).
+second), so there is also a global `budget`: such requests a second in all (a bucket of one second's worth), of
+which sources that have been spending their bucket get at most the first half. Beyond that half the relay is under
+a flood: a request is answered only if its source's bucket is at least half full, and costs it `OVER_BUDGET_COST`
+tokens (half its rate). Flooders' buckets hover near empty, so they are shed first (counted in `shed`), while a new
+or quiet client, whose bucket is full, is still answered from the second half: one sending at most a request every
+`OVER_BUDGET_COST / rate` seconds (0.2 s at the default 10 a second), or about `burst / 4` (10) at once when new.
+A request that is shed still takes a token from its source, so a flooder stays at the bottom.
+
+Every request the gate lets through, quiet or not, takes a token from the budget, so the parsing it lets through
+is bounded whatever the flood looks like. That matters when the relay is already behind: the kernel then drops
+most datagrams before the gate sees them, every flooder seems to send slowly, and a rate test alone would take
+them all for quiet clients and keep the relay overwhelmed. Within the budget the relay catches up, sees the whole
+flood again and tells the flooders from the quiet clients. The price: while a flood of new sources is young, or
+when more quiet sources ask than the budget holds, a quiet client may be shed too. The budget is per worker
+process (each has its own gate).
 
 A source IP that has just authenticated a request is trusted for `trust_lifetime` seconds and skips both: a
 Conferencing Node (or a load test) making hundreds of allocations from one address sends each new 5-tuple's first
@@ -35,7 +42,7 @@ __all__ = ["BUDGET_SHED", "OVER_BUDGET_COST", "RATE_LIMITED", "SourceRateLimiter
 
 # Over the budget: tokens an answered request costs its source (its rate is divided by this), and the share of its
 # burst the source's bucket must hold for it to be answered at all.
-OVER_BUDGET_COST = 4.0
+OVER_BUDGET_COST = 2.0
 QUIET_SHARE = 0.5
 
 
@@ -63,7 +70,7 @@ class SourceRateLimiter:
                  budget: float = 0.0) -> None:
         self.rate = rate
         self.burst = burst
-        self.budget = budget  # requests a second in all before sources are held to a quarter of their rate; 0 = off
+        self.budget = budget  # requests a second in all (the second half for quiet sources only); 0 = off
         self.max_sources = max_sources
         self.trust_lifetime = trust_lifetime
         self._buckets: dict[str, list[float]] = {}  # source IP -> [tokens, last refill], oldest first
@@ -116,28 +123,28 @@ class SourceRateLimiter:
                 bucket[0] = tokens
                 self.dropped += 1
                 return RATE_LIMITED
-        if self.budget and not self._spend_budget(now):
-            if tokens < burst * QUIET_SHARE:
-                bucket[0] = tokens - 1.0
-                self.shed += 1
-                return BUDGET_SHED
-            tokens -= OVER_BUDGET_COST - 1.0
-            if tokens < 1.0:
-                tokens = 1.0
+        budget = self.budget
+        if budget:
+            level = self._budget_tokens
+            last, self._budget_last = self._budget_last, now
+            if last is not None and now > last:
+                level += (now - last) * budget
+                if level > budget:
+                    level = budget
+            if level - 1.0 < budget * QUIET_SHARE:
+                # Over the budget's first half: the rest is kept for sources whose bucket is at least half full,
+                # and they are held to half their rate.
+                if level < 1.0 or tokens < burst * QUIET_SHARE:
+                    self._budget_tokens = level
+                    bucket[0] = tokens - 1.0
+                    self.shed += 1
+                    return BUDGET_SHED
+                tokens -= OVER_BUDGET_COST - 1.0
+                if tokens < 1.0:
+                    tokens = 1.0
+            self._budget_tokens = level - 1.0
         bucket[0] = tokens - 1.0
         return None
-
-    def _spend_budget(self, now: float) -> bool:
-        """Take one request from the global budget (one second's worth at most); False when it is spent."""
-        tokens = self._budget_tokens
-        last, self._budget_last = self._budget_last, now
-        if last is not None and now > last:
-            tokens = min(self.budget, tokens + (now - last) * self.budget)
-        if tokens < 1.0:
-            self._budget_tokens = tokens
-            return False
-        self._budget_tokens = tokens - 1.0
-        return True
 
     def _prune(self, now: float) -> None:
         rate, burst = self.rate, self.burst

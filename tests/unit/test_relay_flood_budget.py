@@ -47,10 +47,10 @@ def test_within_the_budget_every_source_gets_its_own_rate():
 def test_over_the_budget_spenders_are_shed_and_a_new_or_quiet_client_is_still_answered():
     limiter = SourceRateLimiter(rate=10, burst=40, budget=100)
     now = 0.0
-    for step in range(20):  # 200 sources at 50 requests a second each: 10,000 a second against a budget of 100
+    for step in range(30):  # 200 sources at 50 requests a second each: 10,000 a second against a budget of 100
         now += 0.1
         flood(limiter, 200, now, rounds=5)
-        if step % 5 == 0:
+        if step >= 10 and step % 5 == 0:  # once the flood has spent the sources' buckets (a second)
             assert limiter.check("192.0.2.1", now) is None  # a quiet client, a request every 0.5 s
     late = flood(limiter, 200, now + 0.1, rounds=5)
     assert late[BUDGET_SHED] + late[RATE_LIMITED] >= 990 and late[None] <= 10 + 1
@@ -58,13 +58,30 @@ def test_over_the_budget_spenders_are_shed_and_a_new_or_quiet_client_is_still_an
     assert limiter.shed > 0
 
 
-def test_over_the_budget_a_source_is_held_to_a_quarter_of_its_rate():
-    limiter = SourceRateLimiter(rate=10, burst=40, budget=1)
-    limiter.check("10.9.9.9", 0.0)  # the budget's one request is gone
-    steady = [limiter.check("192.0.2.1", t / 10) for t in range(1, 101)]  # 10 a second, within its own rate
-    assert steady.count(None) < 40 and BUDGET_SHED in steady  # ~burst/2 + 10 s at 2.5 a second, then shed
-    slow = [limiter.check("192.0.2.2", t * 0.4) for t in range(1, 101)]  # one every 0.4 s: never shed
-    assert slow == [None] * 100
+def test_whatever_the_flood_no_more_than_the_budget_gets_through():
+    """Sources that each seem quiet (as when the kernel drops most of a flood before the gate sees it): the budget
+    still bounds what is let through, so the relay catches up."""
+    limiter = SourceRateLimiter(rate=10, burst=40, budget=100)
+    handled = 0
+    for step in range(50):  # 5 s; each of 2,000 sources sends one request every 0.5 s
+        now = step * 0.1
+        for i in range(step % 5, 2000, 5):
+            handled += limiter.check(flooder(i), now) is None
+    assert handled <= 100 * (5 + 1)
+
+
+def test_over_the_budget_a_source_is_held_to_half_its_rate():
+    limiter = SourceRateLimiter(rate=10, burst=40, budget=40)
+    flood(limiter, 50, 0.0, rounds=40)  # 50 sources have spent their buckets and keep sending
+    steady, slow = [], []
+    for tick in range(1, 101):
+        now = tick / 10
+        flood(limiter, 50, now, rounds=2)
+        steady.append(limiter.check("192.0.2.1", now))  # 10 a second, within its own rate
+        if tick % 2 == 0:
+            slow.append(limiter.check("192.0.2.2", now))  # one every 0.2 s: never shed
+    assert steady[-50:].count(None) <= 26 and BUDGET_SHED in steady  # half its burst, then half its rate
+    assert slow == [None] * 50
 
 
 def test_the_budget_refills_once_the_flood_stops():
@@ -89,7 +106,7 @@ def test_no_budget_is_the_per_source_limit_alone():
 
 
 def test_a_wall_clock_stepped_back_takes_no_tokens_away():
-    limiter = SourceRateLimiter(rate=10, burst=4, budget=2)
+    limiter = SourceRateLimiter(rate=10, burst=4, budget=4)
     assert limiter.check("192.0.2.1", 100.0) is None
     assert limiter.check("192.0.2.2", 50.0) is None  # the budget still has its second request
     assert limiter.check("192.0.2.1", 50.0) is None  # and the source its bucket (3 of 4 left, then over budget: 4)
@@ -126,7 +143,7 @@ def test_the_listener_drops_a_flood_before_any_stun_work_and_counts_why():
         harness.advance(1.0)
     server = harness.server
     # Nothing was parsed beyond the budget and the sources' first requests: the rest never reached the codec.
-    assert server.stats["malformed"] <= 200 * 40 / 2 + 20 * 3
+    assert server.stats["malformed"] <= 20 * (3 + 1)  # the budget: 20 a second
     assert server.stats["rate_limited"] > 0 and server.stats["budget_shed"] > 0
     assert server.stats["malformed"] + server.stats["rate_limited"] + server.stats["budget_shed"] == 3 * 200 * 20
     listener.datagramReceived(BINDING, ("192.0.2.1", 5000))  # a browser's first request, mid-flood
@@ -134,7 +151,7 @@ def test_the_listener_drops_a_flood_before_any_stun_work_and_counts_why():
 
 
 def test_a_conferencing_node_and_a_browser_are_never_shed_during_a_flood():
-    harness = small_budget(budget=5, max_port=50999)  # a relay port for each of the node's allocations
+    harness = small_budget(budget=50, max_port=50999)  # a relay port for each of the node's allocations
     listener, written = listener_for(harness)
 
     def flood_round() -> None:
@@ -172,7 +189,7 @@ def via_listener(listener: TurnUDPListener, written: list, data: bytes, address:
 
 
 def test_a_client_holding_an_allocation_passes_the_listener_without_the_gate():
-    harness = small_budget(budget=1)
+    harness = small_budget()
     listener, written = listener_for(harness)
     client = harness.client("alice", address=("192.0.2.60", 7000))
     assert error_code(client.allocate()) is None
@@ -194,7 +211,7 @@ def test_a_client_holding_an_allocation_passes_the_listener_without_the_gate():
 
 def test_the_budget_is_a_config_key_with_a_default_and_one_line_errors():
     base = {"users": {"alice": "secret"}}
-    assert relay_config_from_table(base).unauthenticated_budget == 2000
+    assert relay_config_from_table(base).unauthenticated_budget == 500
     config = relay_config_from_table({**base, "unauthenticated_budget": 0}, "conf.toml")
     assert turn_settings(config, "127.0.0.1").unauthenticated_budget == 0
     assert turn_settings(relay_config_from_table({**base, "unauthenticated_budget": 500}), "127.0.0.1"
