@@ -1,7 +1,7 @@
 """Properties of the proxy's framing: the incremental end-of-head search and the whole client -> proxy -> node
 path (in memory) give the same result however the bytes are cut into reads."""
 
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from revproxy import http1
@@ -58,3 +58,34 @@ def test_a_request_body_reaches_the_node_intact_at_any_split(body, chunked, data
     assert b"".join(got) == body and reader.done and rest == b""
     node.dataReceived(response(body=b"done"))
     assert ct.value().startswith(b"HTTP/1.1 200 ") and b"GET /next" in nt.value()
+
+
+@given(st.lists(st.sampled_from([b"a", b"\r", b"\n", b"\r\n", b":", b" "]), max_size=40).map(b"".join))
+def test_a_request_head_is_refused_for_a_bare_cr_or_lf_exactly_when_a_crlf_line_holds_one(tail):
+    """The bare CR/LF check (every CRLF taken out at once) agrees with looking at each CRLF-separated line."""
+    data = b"GET / HTTP/1.1\r\nHost: x\r\n" + tail
+    bare = any(b"\r" in line or b"\n" in line for line in data.split(b"\r\n"))
+    try:
+        http1.parse_request(data)
+        refused_bare = False
+    except HTTPError as e:
+        refused_bare = e.detail == "bare CR or LF in the head"
+    assert refused_bare == bare
+
+
+@given(st.lists(st.text("0123456789, +", max_size=22), min_size=1, max_size=3))
+@example(["1234567890123456789"])  # 19 digits: over the limit, however clean
+@example(["007"])
+def test_a_response_content_length_is_read_as_the_general_rule_reads_it(values):
+    """One clean Content-Length is taken directly; the answer (length or 502) is the general rule's."""
+    block = "".join(f"\r\nContent-Length: {v}" for v in values).encode()
+    try:
+        expected: int | None = http1._content_length([v.encode().strip(b" \t") for v in values], 502)
+    except HTTPError:
+        expected = None
+    try:
+        head = http1.parse_response(b"HTTP/1.1 200 OK" + block, b"GET")
+        got: int | None = head.length
+    except HTTPError:
+        got = None
+    assert got == expected
