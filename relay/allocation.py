@@ -23,6 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from relay.flood_limits import FloodLimits
 from relay.stun import encode_channel_data, encode_data_indication
 
 __all__ = [
@@ -58,8 +59,10 @@ class RelayTransport(Protocol):
 RelayOpener = Callable[[int, Callable[[bytes, Address], None]], "RelayTransport | None"]
 
 
-@dataclass(frozen=True)
-class TurnSettings:
+@dataclass(frozen=True, kw_only=True)
+class TurnSettings(FloodLimits):
+    """What the TURN core is told; the flood bounds are `FloodLimits`'s, as the config file's."""
+
     realm: str
     software: str = "rpturn"
     relay_ip: str = "0.0.0.0"  # the relay sockets' address, advertised unless external_ip is set
@@ -73,21 +76,6 @@ class TurnSettings:
     reservation_lifetime: int = 30  # EVEN-PORT R bit: how long the next port stays reserved (RFC 5766 14.9)
     transaction_lifetime: float = 40.0  # how long a response is replayed to retransmissions (RFC 5389 7.3.1)
     channel_cooldown: int = 300  # a channel's number and peer stay reserved after it expires (RFC 5766 11)
-    # TCP control connections holding no allocation (relay.control_connections): per source IP, in all (also at
-    # most a quarter of the open-files limit), seconds each may stay open, bytes each may buffer.
-    tcp_unallocated_per_ip: int = 64
-    tcp_unallocated_max: int = 10_000
-    tcp_unallocated_lifetime: float = 60.0
-    tcp_unallocated_buffer: int = 4096
-    # Retransmission cache (relay.transactions): entries per user, bytes in all.
-    transactions_per_user: int = 5_000
-    transaction_cache_bytes: int = 16 * 1024 * 1024
-    # Requests from clients without an allocation, per source IP not yet authenticated (relay.source_limit): a
-    # second, burst; 0 = off. The budget: such requests a second in all before each source is held to half its
-    # rate (0 = no budget).
-    unauthenticated_rate: float = 10.0
-    unauthenticated_burst: float = 40.0
-    unauthenticated_budget: float = 500.0
 
 
 class TurnError(Exception):

@@ -14,12 +14,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from appliance.config import ConfigError, load_table, parse_hostport, parse_workers
+from relay.flood_limits import FloodLimits
 
 TABLE = "relay"
 
 
 @dataclass(frozen=True)
-class RelayConfig:
+class RelayConfig(FloodLimits):
+    """The `[relay]` table; its flood bounds are `FloodLimits`'s keys, which the TURN core takes as they are."""
+
     listen: tuple[tuple[str, int], ...] = (("0.0.0.0", 3478),)
     realm: str = "example.com"
     min_port: int = 49152
@@ -43,20 +46,7 @@ class RelayConfig:
     auth_secrets: tuple[str, ...] = ()  # TURN REST API shared secrets (relay.restauth)
     auth_secrets_file: str | None = None  # the same, one a line, mode 0600, re-read on SIGHUP
     turn_clients: tuple[str, ...] = ()  # restricted mode: only these sources may use TURN (relay.restricted)
-    # Flood bounds (README, security): TCP control connections holding no allocation, per source IP and in all
-    # (also at most a quarter of the open-files limit), their lifetime (s) and buffer (bytes); the retransmission
-    # cache per user (entries) and in all (bytes); requests from clients without an allocation per source IP that
-    # has not authenticated lately, a second (0 = no limit), and their burst; such requests a second in all before
-    # sources are held to half their rate (0 = no budget; needs the per-source limit).
-    tcp_unallocated_per_ip: int = 64
-    tcp_unallocated_max: int = 10_000
-    tcp_unallocated_lifetime: int = 60
-    tcp_unallocated_buffer: int = 4096
-    transactions_per_user: int = 5_000
-    transaction_cache_bytes: int = 16 * 1024 * 1024
-    unauthenticated_rate: int = 10
-    unauthenticated_burst: int = 40
-    unauthenticated_budget: int = 500
+    # The flood bounds (tcp_unallocated_*, transactions_per_user, ...) come from FloodLimits.
     # Where this config came from, for reloads and messages; not a TOML key.
     source: str | None = None
 
