@@ -1,17 +1,19 @@
 """The relay under an unauthenticated UDP flood from many loopback sources: what a legitimate client still gets.
 
-    .venv/bin/python benchmarks/relay_flood.py [--sources 250] [--seconds 8] [--attempts 6]
+    .venv/bin/python benchmarks/relay_flood.py [--sources 250] [--seconds 8] [--attempts 6] [--costly]
 
 Starts our `twistd relay` three times, one after the other in the same run: with the flood gate off
 (`unauthenticated_rate = 0`), with the per-source buckets only (`unauthenticated_budget = 0`) and with the defaults
-(per-source buckets and the global budget); floods each with Binding requests from `--sources` addresses 127.1.x.y
-(one Python sender in its own process), and after the first second has a fresh client on 127.0.0.9 send
-`--attempts` Bindings and unauthenticated Allocates (one try each, 1 s timeout). Prints the offered flood rate, the
-answers the client got, the datagrams the kernel dropped at the listener, the relay's RSS before, at the end of and
-after the flood, and the machine's load average around each row (the figures depend on what else runs: the
-flood's sender and the relay each want a core). Then, in this process, the CPU a dropped datagram costs the UDP
-listener (µs, best of 5 runs of a loop through `TurnUDPListener.datagramReceived`), for a source over its bucket
-and for one shed by the budget, next to an answered Binding. Loopback only; not part of the test run.
+(per-source buckets and the global budget). Floods each with Binding requests from `--sources` addresses
+127.1.x.y (one Python sender in its own process; `--costly`: 1,380-byte Bindings of 340 empty optional
+attributes, a few hundred µs of parsing each, what an attacker would send), and after the first second has a fresh
+client on 127.0.0.9 send `--attempts` Bindings and unauthenticated Allocates (one try each, 1 s timeout). Prints
+the offered flood rate, the answers the client got, the datagrams the kernel dropped at the listener, the relay's
+RSS before, at the end of and after the flood, and the machine's load average around each row (the figures depend
+on what else runs: the flood's sender and the relay each want a core). Then, in this process, the CPU a dropped
+datagram costs the UDP listener (µs, best of 5 runs of a loop through `TurnUDPListener.datagramReceived`), for a
+source over its bucket and for one shed by the budget, next to an answered Binding. Loopback only; not part of
+the test run.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ import time
 from pathlib import Path
 
 from appliance.limits import raise_open_files_limit
-from tests.support.flood import Flood, legitimate_success
+from tests.support.flood import Flood, costly_binding, legitimate_success
 from tests.support.relay_process import RelayProcess
 
 
@@ -46,13 +48,14 @@ def rss_mib(pid: int) -> float:
     return 0.0
 
 
-def measure(label: str, sources: int, seconds: float, attempts: int, **relay_table) -> dict:
+def measure(label: str, sources: int, seconds: float, attempts: int, request: bytes | None = None,
+            **relay_table) -> dict:
     load_before = os.getloadavg()[0]
     with tempfile.TemporaryDirectory() as tmp:
         relay = RelayProcess(Path(tmp), **relay_table).start()
         try:
             rss_before = rss_mib(relay.process.pid)
-            with Flood(relay.address, sources=sources, seconds=seconds) as flood:
+            with Flood(relay.address, sources=sources, seconds=seconds, request=request) as flood:
                 time.sleep(1.0)
                 bindings, allocates = legitimate_success(relay.address, attempts, source="127.0.0.9")
             drops = listener_drops(relay.port)
@@ -109,22 +112,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sources", type=int, default=250)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--attempts", type=int, default=6)
+    parser.add_argument("--costly", action="store_true", help="flood with costly (1,380-byte) Bindings")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     raise_open_files_limit()  # a socket per flood source
+    request = costly_binding() if args.costly else None
     rows = [
-        measure("gate off (unauthenticated_rate = 0)", args.sources, args.seconds, args.attempts,
+        measure("gate off (unauthenticated_rate = 0)", args.sources, args.seconds, args.attempts, request,
                 unauthenticated_rate=0),
         measure("per-source buckets only (unauthenticated_budget = 0)", args.sources, args.seconds, args.attempts,
-                unauthenticated_budget=0),
-        measure("per-source buckets + global budget (defaults)", args.sources, args.seconds, args.attempts),
+                request, unauthenticated_budget=0),
+        measure("per-source buckets + global budget (defaults)", args.sources, args.seconds, args.attempts, request),
     ]
     costs = drop_cost()
     if args.json:
         print(json.dumps({"rows": rows, "drop_cost": costs, "cpus": os.cpu_count()}, indent=2))
         return 0
-    print(f"Flood: {args.sources} sources for {args.seconds:g} s; legitimate client: {args.attempts} Bindings and "
-          f"{args.attempts} unauthenticated Allocates, one try each, 1 s timeout. Machine: {os.cpu_count()} CPUs; "
+    kind = "costly 1,380-byte Bindings" if args.costly else "Bindings"
+    print(f"Flood: {kind} from {args.sources} sources for {args.seconds:g} s; legitimate client: "
+          f"{args.attempts} Bindings and {args.attempts} unauthenticated Allocates, one try each, 1 s timeout. "
+          f"Machine: {os.cpu_count()} CPUs; "
           "the load average (1 min) is given per row: above ~1 before a row, something else was running and the "
           "figures are not of record.")
     print()

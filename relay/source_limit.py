@@ -10,11 +10,13 @@ parsing, so the relay keeps up with reading and everyone else's requests get thr
 Many sources each within their rate still add up (2,000 sources at 10 a second are 20,000 full requests a
 second), so there is also a global `budget`: such requests a second in all (a bucket of one second's worth), of
 which sources that have been spending their bucket get at most the first half. Beyond that half the relay is under
-a flood: a request is answered only if its source's bucket is at least half full, and costs it `OVER_BUDGET_COST`
-tokens (half its rate). Flooders' buckets hover near empty, so they are shed first (counted in `shed`), while a new
-or quiet client, whose bucket is full, is still answered from the second half: one sending at most a request every
-`OVER_BUDGET_COST / rate` seconds (0.2 s at the default 10 a second), or about `burst / 4` (10) at once when new.
-A request that is shed still takes a token from its source, so a flooder stays at the bottom.
+a flood: every request from a source costs it `OVER_BUDGET_COST` tokens, answered or not (it is held to half its
+rate), and is answered only if the source's bucket is at least a quarter full. Flooders' buckets hover near empty,
+so they are shed first (counted in `shed`) and stay at the bottom, while a new or quiet client, whose bucket is
+full, is still answered from the second half: one sending at most a request every `OVER_BUDGET_COST / rate`
+seconds (0.2 s at the default 10 a second), or about `3 * burst / 8` (15) at once when new. A young flood's
+sources look new too; each is told apart once it has sent about that many (a second or two at a few times its
+rate).
 
 Every request the gate lets through, quiet or not, takes a token from the budget, so the parsing it lets through
 is bounded whatever the flood looks like. That matters when the relay is already behind: the kernel then drops
@@ -40,10 +42,11 @@ import collections
 
 __all__ = ["BUDGET_SHED", "OVER_BUDGET_COST", "RATE_LIMITED", "SourceRateLimiter"]
 
-# Over the budget: tokens an answered request costs its source (its rate is divided by this), and the share of its
-# burst the source's bucket must hold for it to be answered at all.
+# Over the budget: tokens a request costs its source (its rate is divided by this), and the share of its burst the
+# source's bucket must hold for it to be answered at all; the share of the budget sources below that may take.
 OVER_BUDGET_COST = 2.0
-QUIET_SHARE = 0.5
+QUIET_LEVEL = 0.25
+SPENDERS_SHARE = 0.5
 
 
 # Why a request was not handled, as the core's counter names (plain strings: the drop path counts them per datagram).
@@ -131,15 +134,15 @@ class SourceRateLimiter:
                 level += (now - last) * budget
                 if level > budget:
                     level = budget
-            if level - 1.0 < budget * QUIET_SHARE:
-                # Over the budget's first half: the rest is kept for sources whose bucket is at least half full,
-                # and they are held to half their rate.
-                if level < 1.0 or tokens < burst * QUIET_SHARE:
+            if level - 1.0 < budget * SPENDERS_SHARE:
+                # Over the budget's first half: the rest is kept for sources whose bucket is at least a quarter
+                # full, and every source is held to half its rate.
+                tokens -= OVER_BUDGET_COST - 1.0
+                if level < 1.0 or tokens < burst * QUIET_LEVEL:
                     self._budget_tokens = level
-                    bucket[0] = tokens - 1.0
+                    bucket[0] = tokens - 1.0 if tokens > 1.0 else 0.0
                     self.shed += 1
                     return BUDGET_SHED
-                tokens -= OVER_BUDGET_COST - 1.0
                 if tokens < 1.0:
                     tokens = 1.0
             self._budget_tokens = level - 1.0

@@ -80,7 +80,7 @@ def test_over_the_budget_a_source_is_held_to_half_its_rate():
         steady.append(limiter.check("192.0.2.1", now))  # 10 a second, within its own rate
         if tick % 2 == 0:
             slow.append(limiter.check("192.0.2.2", now))  # one every 0.2 s: never shed
-    assert steady[-50:].count(None) <= 26 and BUDGET_SHED in steady  # half its burst, then half its rate
+    assert steady[-50:].count(None) <= 26 and BUDGET_SHED in steady  # 3/4 of its burst, then half its rate
     assert slow == [None] * 50
 
 
