@@ -1,6 +1,7 @@
 """systemd's readiness protocol (sd_notify) in a few lines: one datagram to $NOTIFY_SOCKET.
 
-The unit files use Type=notify: the appliance sends READY=1 once every listener of every service is bound,
+The unit files use Type=notify: the appliance sends READY=1 once every listener of every service is bound and every
+worker process serves (appliance.supervisor.Supervisor.ready),
 RELOADING=1 / READY=1 around a SIGHUP reload and STOPPING=1 on SIGTERM. Without $NOTIFY_SOCKET (not started by
 systemd) every call does nothing.
 """

@@ -3,7 +3,8 @@
 Each twistd plugin (`relay`, `revproxy`, `rpturn`) asks its service(s) for a `ServicePlan` — either an in-process
 service with its reload callable (`workers = 1`) or a `WorkerGroup` for the supervisor (`workers > 1`) — and
 `build_process` turns the plans into the process's top service: one `Signals` (SIGHUP reloads every service, the
-supervisor passes it to the workers), one `Supervisor` for every group, READY=1 to systemd once started.
+supervisor passes it to the workers), one `Supervisor` for every group, READY=1 to systemd once the process runs and
+every worker serves.
 
 Start-up errors: plans are made in the plugin's makeService, which binds every listener and checks what only the
 running host can tell (a port in use, a `relay_ip` that is not ours, a userdb or certificate that cannot be read).
@@ -52,9 +53,13 @@ def build_process(plans: list[ServicePlan], reactor: Any) -> MultiService:
     if supervisor is not None:
         supervisor.setServiceParent(top)
         signals.on_reload("workers", supervisor.reload)
-    # twistd starts the services before the reactor runs, and every listener was bound in makeService already.
+    # twistd starts the services before the reactor runs, and every listener was bound in makeService already; the
+    # workers still have to say they serve.
     reactor.callWhenRunning(signals.install)
-    reactor.callWhenRunning(sdnotify.notify, sdnotify.READY)
+    if supervisor is None:
+        reactor.callWhenRunning(sdnotify.notify, sdnotify.READY)
+    else:
+        supervisor.ready.addCallback(lambda _: sdnotify.notify(sdnotify.READY))
     top.signals = signals  # type: ignore[attr-defined]
     top.supervisor = supervisor  # type: ignore[attr-defined]
     return top

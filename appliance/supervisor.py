@@ -21,6 +21,10 @@ waits up to each group's `stop_timeout` and kills what is left. Workers also get
 supervisor itself dies (PR_SET_PDEATHSIG, set in `appliance.worker`). Their log lines are re-logged here with the
 service and worker number ("relay worker 1: ...").
 
+`ready` fires once every slot of every group has had a worker print `appliance.worker.READY_LINE` (its service
+started): that, not the binding, is when the appliance tells systemd READY=1, so `systemctl start` returns when the
+workers serve rather than while they are still importing (a second or more on a busy machine).
+
 Binding happens in the constructor, i.e. in the plugin's makeService: a port in use is then a one-line start-up
 error (`appliance.config.ConfigError`), not a traceback from a half-started reactor.
 """
@@ -41,6 +45,7 @@ from twisted.internet import defer, protocol
 from twisted.logger import Logger
 
 from appliance.sockets import Listener, bind_all
+from appliance.worker import READY_LINE
 
 log = Logger()
 
@@ -96,9 +101,12 @@ class _Worker(protocol.ProcessProtocol):
             self.partial = text + self.partial
             return
         prefix = f"{self.label}: "
-        lines = [prefix + line.strip() for line in text.decode(errors="replace").split("\n") if line.strip()]
+        raw = [line.strip() for line in text.decode(errors="replace").split("\n")]
+        lines = [prefix + line for line in raw if line]
         if lines:
             log.info("{lines}", lines="\n".join(lines), service=self.group.name, worker=self.index)
+        if self.index is not None and READY_LINE in raw:
+            self.supervisor.worker_ready(self.group.name, self.index)
 
     errReceived = outReceived
 
@@ -123,6 +131,8 @@ class Supervisor(Service):
         self.restarts: dict[tuple[str, int], int] = {}
         self.spare_failures: dict[str, int] = {}
         self.sockets: dict[tuple[str, int], list[socket.socket]] = {}
+        self.ready: defer.Deferred[None] = defer.Deferred()  # every slot has served once
+        self._waiting_for = {(group.name, index) for group in groups for index in range(group.count)}
         try:
             for group in groups:
                 for index in range(group.count):
@@ -174,6 +184,13 @@ class Supervisor(Service):
                  how=", the spare" if worker is spare else "")
         if spare is not None and not self.stopping:
             self.reactor.callLater(SPARE_DELAY, self._spawn_spare, group)
+
+    def worker_ready(self, service: str, index: int) -> None:
+        """Slot (service, index) has a worker serving; `ready` fires with the last slot's first."""
+        self._waiting_for.discard((service, index))
+        if not self._waiting_for and not self.ready.called:
+            log.info("every worker is serving")
+            self.ready.callback(None)
 
     def _spawn_spare(self, group: WorkerGroup) -> None:
         if not self.stopping and group.name not in self.spares:

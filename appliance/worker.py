@@ -6,7 +6,9 @@ supervisor gives it a slot. The supervisor passes the listening sockets of every
 4, ...; the spec says which are this worker's (`fds`, in the order of `listeners`), the others are closed. The entry
 module's `worker_service(spec, sockets, reactor) -> (service, reload)` builds the service; this module does what
 every worker needs: log to stdout (the supervisor re-logs each line with the worker's name), reload on SIGHUP and
-stop on SIGTERM through `appliance.signals`, like the twistd process does.
+stop on SIGTERM through `appliance.signals`, like the twistd process does. Once its service has started (its
+sockets are in the reactor) it prints `READY_LINE`: the supervisor tells systemd READY=1 only when every slot's
+worker has said so, not while they are still importing.
 """
 
 from __future__ import annotations
@@ -20,6 +22,8 @@ import sys
 
 from appliance.config import ConfigError
 from appliance.sockets import family_of
+
+READY_LINE = "worker ready: serving"
 
 
 def _die_with_parent(parent: int) -> None:
@@ -73,7 +77,12 @@ def main(argv: list[str]) -> None:
     signals = Signals(reactor)
     signals.on_reload(spec["service"], reload)
     reactor.callWhenRunning(signals.install)
-    reactor.callWhenRunning(service.startService)
+
+    def start() -> None:
+        service.startService()
+        print(READY_LINE, flush=True)
+
+    reactor.callWhenRunning(start)
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
 

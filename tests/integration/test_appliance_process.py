@@ -201,8 +201,13 @@ def test_systemd_hears_ready_once_listening_reloading_around_a_reload_and_stoppi
         notify.settimeout(10)
         process = appliance(relay={"workers": 2}, env={"NOTIFY_SOCKET": notify_path})
         assert notify.recv(1024) == b"READY=1"
-        # Every listener was bound before READY=1: the relay answers and the proxy accepts.
-        assert udp_binding("127.0.0.1", process.relay_port) is not None
+        # READY=1 waits for the workers, not only for the listeners: both relay workers had started serving (each
+        # said so before the supervisor's line), so the relay answers at once and the proxy accepts.
+        log = process.log()
+        assert log.count("worker ready: serving") == 2 and "every worker is serving" in log
+        assert log.index("every worker is serving") > max(log.index("relay worker 0: worker ready"),
+                                                            log.index("relay worker 1: worker ready"))
+        assert udp_binding("127.0.0.1", process.relay_port, timeout=0.5) is not None
         socket.create_connection(("127.0.0.1", process.https_port), timeout=2).close()
         process.signal(signal.SIGHUP)
         assert notify.recv(1024).startswith(b"RELOADING=1\nMONOTONIC_USEC=")

@@ -16,6 +16,7 @@ from appliance import sdnotify
 from appliance.config import ConfigError
 from appliance.signals import Signals
 from appliance.sockets import Listener
+from appliance.startup import ServicePlan, build_process
 from appliance.supervisor import (
     MAX_RESTART_DELAY,
     RESTART_DELAY,
@@ -24,6 +25,7 @@ from appliance.supervisor import (
     Supervisor,
     WorkerGroup,
 )
+from appliance.worker import READY_LINE
 
 
 class FakeTransport:
@@ -211,3 +213,36 @@ def test_sighup_runs_every_reload_even_after_one_fails(tmp_path, monkeypatch):
 def test_sd_notify_does_nothing_outside_systemd(monkeypatch):
     monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
     assert sdnotify.notify(sdnotify.READY) is False
+
+
+def say(worker, *lines: str) -> None:
+    worker.outReceived("".join(line + "\n" for line in lines).encode())
+
+
+def test_ready_waits_for_every_slots_worker_to_serve_and_a_spare_does_not_count(running):
+    reactor, supervisor = running
+    assert not supervisor.ready.called
+    say(supervisor.spares["relay"], READY_LINE)  # a spare cannot serve: it has no slot
+    say(supervisor.workers["relay", 0], "relay ready", READY_LINE, "something else")
+    assert not supervisor.ready.called
+    die(supervisor.workers["relay", 1])  # a slot whose first worker died before serving is still waited for
+    reactor.advance(RESTART_DELAY)
+    say(supervisor.workers["relay", 1], "relay ready")
+    assert not supervisor.ready.called
+    say(supervisor.workers["relay", 1], READY_LINE)
+    assert supervisor.ready.called
+
+
+def test_systemd_hears_ready_only_once_the_workers_serve(monkeypatch):
+    sent: list[str] = []
+    monkeypatch.setattr(sdnotify, "notify", sent.append)
+    reactor = FakeReactor()
+    when_running: list = []
+    reactor.callWhenRunning = lambda f, *args: when_running.append(f)
+    top = build_process([ServicePlan("relay", group=group(1))], reactor)
+    top.startService()
+    assert sdnotify.notify not in when_running  # the reactor running is not enough with workers
+    assert sent == []
+    say(top.supervisor.workers["relay", 0], READY_LINE)
+    assert sent == [sdnotify.READY]
+    top.supervisor._close_sockets()
