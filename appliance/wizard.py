@@ -24,8 +24,9 @@ from appliance.config import format_hostport, parse_hostport
 from relay.auth import check_username
 
 HEADER_MARK = "# Written by rpturn setup"
-# `turn_clients` with only this never-seen source: TURN is answered for nobody, STUN Binding for everyone.
-TURN_DISABLED = ("0.0.0.0/32",)
+# How an earlier `rpturn setup` wrote "TURN disabled" (a `turn_clients` source that never occurs), before `[relay]
+# turn = false` existed: read as DISABLED, rewritten as `turn = false`.
+LEGACY_TURN_DISABLED = ("0.0.0.0/32",)
 DEFAULT_MANAGEMENT = "127.0.0.1:9641"
 DEFAULT_TURN_USER = "pexip"
 MIN_PASSWORD = 8
@@ -193,7 +194,7 @@ def current_answers(document: dict[str, Any], userdb_users: list[str]) -> Answer
             continue
     answers.nodes = tuple(nodes)
     clients = relay.get("turn_clients", [])
-    if isinstance(clients, list) and tuple(clients) == TURN_DISABLED:
+    if relay.get("turn") is False or (isinstance(clients, list) and tuple(clients) == LEGACY_TURN_DISABLED):
         answers.turn_mode = TurnMode.DISABLED
     elif not clients and (relay.get("auth_secrets_file") or relay.get("auth_secrets")):
         answers.turn_mode = TurnMode.CLIENT
@@ -229,9 +230,7 @@ def _subtable(doc: Any, name: str) -> Any:
 
 
 def turn_clients_for(answers: Answers) -> list[str]:
-    if answers.turn_mode is TurnMode.DISABLED:
-        return list(TURN_DISABLED)
-    if answers.turn_mode is TurnMode.CLIENT:
+    if answers.turn_mode is not TurnMode.RESTRICTED:
         return []
     cidrs = []
     for node in answers.nodes:
@@ -256,12 +255,18 @@ def apply_answers(text: str, answers: Answers, paths: Paths, header: str) -> str
     if "auth_secrets" in relay:
         del relay["auth_secrets"]
     relay["userdb"] = paths.userdb
-    clients = tomlkit.item(turn_clients_for(answers))
-    clients.comment({TurnMode.RESTRICTED: "restricted: only the Conferencing Nodes may use TURN",
-                     TurnMode.CLIENT: "client TURN: anyone with credentials from auth_secrets_file",
-                     TurnMode.DISABLED: "TURN disabled: no source is 0.0.0.0, so nobody may use TURN; STUN for all",
-                     }[answers.turn_mode])
-    relay["turn_clients"] = clients
+    if answers.turn_mode is TurnMode.DISABLED:
+        if "turn_clients" in relay:
+            del relay["turn_clients"]
+        relay["turn"] = tomlkit.item(False).comment("TURN disabled: nobody may use TURN; STUN Binding for all")
+    else:
+        if "turn" in relay:
+            del relay["turn"]
+        clients = tomlkit.item(turn_clients_for(answers))
+        clients.comment({TurnMode.RESTRICTED: "restricted: only the Conferencing Nodes may use TURN",
+                         TurnMode.CLIENT: "client TURN: anyone with credentials from auth_secrets_file",
+                         }[answers.turn_mode])
+        relay["turn_clients"] = clients
     if answers.turn_mode is TurnMode.CLIENT:
         relay["auth_secrets_file"] = paths.secrets
     elif "auth_secrets_file" in relay:

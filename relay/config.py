@@ -45,6 +45,7 @@ class RelayConfig(FloodLimits):
     certificate: str | None = None  # bundle for tls_listen; under `twistd rpturn` the proxy's by default
     auth_secrets: tuple[str, ...] = ()  # TURN REST API shared secrets (relay.restauth)
     auth_secrets_file: str | None = None  # the same, one a line, mode 0600, re-read on SIGHUP
+    turn: bool = True  # false: a STUN-only server, no source may use TURN (relay.restricted)
     turn_clients: tuple[str, ...] = ()  # restricted mode: only these sources may use TURN (relay.restricted)
     # The flood bounds (tcp_unallocated_*, transactions_per_user, ...) come from FloodLimits.
     # Where this config came from, for reloads and messages; not a TOML key.
@@ -74,6 +75,12 @@ def _check_int(low: int, high: int):
         return value
 
     return check
+
+
+def _check_bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError("must be true or false")
+    return value
 
 
 def _check_str(value: Any) -> str:
@@ -150,6 +157,7 @@ _CHECKS = {
     "certificate": _check_str,
     "auth_secrets": _check_auth_secrets,
     "auth_secrets_file": _check_str,
+    "turn": _check_bool,
     "turn_clients": _check_cidrs,
     "tcp_unallocated_per_ip": _check_int(1, 1_000_000),
     "tcp_unallocated_max": _check_int(1, 10_000_000),
@@ -182,7 +190,10 @@ def relay_config_from_table(table: Mapping[str, Any], source: str = "<config>") 
     if table.get("unauthenticated_budget") and not config.unauthenticated_rate:
         raise ConfigError(source, TABLE, "unauthenticated_budget",
                           "needs unauthenticated_rate above 0 (the budget sheds by the per-source buckets)")
-    if config.userdb is None and not config.users and not config.auth_secrets and not config.auth_secrets_file:
+    if not config.turn and config.turn_clients:
+        raise ConfigError(source, TABLE, "turn_clients", "set while turn = false (nobody may use TURN): remove one")
+    if (config.turn and config.userdb is None and not config.users and not config.auth_secrets
+            and not config.auth_secrets_file):
         raise ConfigError(source, TABLE, "users",
                           "no credentials: set [relay.users], userdb, auth_secrets or auth_secrets_file")
     if config.auth_secrets_file:

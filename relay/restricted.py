@@ -4,7 +4,7 @@ The appliance's default deployment lets only the Conferencing Nodes allocate rel
 Binding requests (to learn their reflexive address). The appliance this replaces did it with iptables, so an
 outsider's TURN request got no answer at all; we do the same: `TurnClients.allows(ip)` is False for a source outside
 `turn_clients`, and the caller drops the request silently (no 401, no 403) and counts it. An empty list means
-unrestricted.
+unrestricted. `turn = false` (`enabled=False`) is the STUN-only server: TURN is allowed to nobody, Binding to all.
 
 Only TURN requests and Send indications are checked: ChannelData and Send indications can only do something for a
 5-tuple that holds an allocation, and an allocation can only be made by an allowed source, so the per-packet path
@@ -37,18 +37,21 @@ def _normalise(ip: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
 class TurnClients:
     """The `turn_clients` CIDRs; `allows(ip)` says whether a source address may use TURN."""
 
-    __slots__ = ("_cache", "networks")
+    __slots__ = ("_cache", "enabled", "networks")
 
-    def __init__(self, cidrs: Iterable[str] = ()) -> None:
+    def __init__(self, cidrs: Iterable[str] = (), *, enabled: bool = True) -> None:
         self.networks: tuple[Network, ...] = tuple(ipaddress.ip_network(c, strict=True) for c in cidrs)
+        self.enabled = enabled
         self._cache: dict[str, bool] = {}
 
     @property
     def restricted(self) -> bool:
-        return bool(self.networks)
+        return bool(self.networks) or not self.enabled
 
     def allows(self, ip: str) -> bool:
-        """True when `ip` may use TURN: the list is empty, or the address is inside one of its networks."""
+        """True when `ip` may use TURN: TURN is on and the list is empty or has the address in one of its networks."""
+        if not self.enabled:
+            return False
         if not self.networks:
             return True
         cached = self._cache.get(ip)
@@ -62,4 +65,6 @@ class TurnClients:
         return allowed
 
     def __repr__(self) -> str:
+        if not self.enabled:
+            return "TurnClients(enabled=False)"
         return f"TurnClients({[str(n) for n in self.networks]!r})"

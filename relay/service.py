@@ -133,7 +133,7 @@ class RelayService(Service):
             quota=quota or LocalQuota(),
             emit=log_event,
             secrets=SharedSecrets(config.auth_secrets, config.auth_secrets_file),
-            turn_clients=TurnClients(config.turn_clients),
+            turn_clients=TurnClients(config.turn_clients, enabled=config.turn),
         )
         self.ports: list = []
 
@@ -157,7 +157,9 @@ class RelayService(Service):
             self.ports.append(listen_tls(self.reactor, self.core, host, port, self.tls, sock))
             log.info("relay listening on {host}:{port} (TLS, certificate {certificate})", host=host, port=port,
                      certificate=self.tls.path)
-        if self.config.turn_clients:
+        if not self.config.turn:
+            log.info("TURN disabled (turn = false): STUN Binding for anyone, no TURN request answered")
+        elif self.config.turn_clients:
             log.info("restricted mode: TURN only from {clients}; STUN Binding for anyone",
                      clients=", ".join(self.config.turn_clients))
         log.info(
@@ -198,7 +200,7 @@ class RelayService(Service):
             credentials=credentials,
             policy=peer_policy(new, self.relay_ip),
             secrets=secrets,
-            turn_clients=TurnClients(new.turn_clients),
+            turn_clients=TurnClients(new.turn_clients, enabled=new.turn),
         )
         self.config = dataclasses.replace(new, listen=self.config.listen, tls_listen=self.config.tls_listen,
                                           min_port=self.config.min_port,

@@ -44,6 +44,8 @@ def test_listen_entries_parse(text, expected):
         ({"realm": ""}, "realm"),
         ({"relaip": "1.2.3.4"}, "relaip"),
         ({"users": {"bob": 5}}, "users"),
+        ({"turn": "no"}, "turn"),
+        ({"turn": False, "turn_clients": ["10.0.0.0/8"]}, "turn_clients"),
     ],
 )
 def test_bad_key_is_one_error_naming_file_and_key(table, key):
@@ -56,6 +58,11 @@ def test_bad_key_is_one_error_naming_file_and_key(table, key):
 def test_no_credentials_at_all_is_refused():
     with pytest.raises(ConfigError, match="users"):
         relay_config_from_table({}, source="x.toml")
+
+
+def test_a_stun_only_relay_needs_no_credentials():
+    assert relay_config_from_table({"turn": False}, source="x.toml").turn is False
+    assert relay_config_from_table({"users": {"u": "p"}}, source="x.toml").turn is True
 
 
 def test_workers_auto_means_one_per_core():

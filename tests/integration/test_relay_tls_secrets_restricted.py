@@ -242,6 +242,38 @@ def test_listed_source_allocates_and_relays(restricted: RelayProcess) -> None:
         peer.close()
 
 
+# -- TURN disabled (turn = false): a STUN-only server ----------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def stun_only(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RelayProcess]:
+    process = RelayProcess(tmp_path_factory.mktemp("stun-only"), turn=False, nonce_secret=NONCE_SECRET)
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.mark.parametrize("transport", ["udp", "tcp"])
+@pytest.mark.parametrize("source", ["127.0.0.1", "127.0.0.2"])
+def test_with_turn_off_binding_is_answered_and_no_turn_request_is(stun_only: RelayProcess, transport: str,
+                                                                  source: str) -> None:
+    client = RawTurnClient(stun_only.address, transport=transport, timeout=1.0, source=source)
+    try:
+        binding = stun.Message(stun.Method.BINDING, stun.MessageClass.REQUEST, os.urandom(12), [])
+        client.send_bytes(stun.encode(binding))
+        assert client.recv_message(binding.transaction_id).msg_class == stun.MessageClass.SUCCESS
+        nonce = NonceIssuer(bytes.fromhex(NONCE_SECRET)).issue(source, time.time())
+        client.send_bytes(signed_allocate(client, nonce))  # signed with the users' key: still nothing
+        with pytest.raises(TimeoutError):
+            client.recv_frame()
+        client.send_bytes(client.unsigned(stun.Method.ALLOCATE, [(stun.Attr.REQUESTED_TRANSPORT, 17)]))
+        with pytest.raises(TimeoutError):
+            client.recv_frame()
+    finally:
+        client.close()
+    assert "TURN disabled (turn = false)" in stun_only.log()
+
+
 # -- aioice over TLS -------------------------------------------------------------------------------------------
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import tomlkit
 
+from relay.config import load_relay_config
 from tests.support.net import free_port
 from tests.support.processes import RPTURN
 from tests.support.revproxy_process import ROOT
@@ -211,7 +212,8 @@ def test_plain_pipe_works_and_input_ending_early_writes_nothing(tmp_path):
     result = run_setup("--config", str(config), stdin=answers)
     assert result.returncode == 0, result.stdout + result.stderr
     doc = tomllib.loads(config.read_text())
-    assert doc["relay"]["turn_clients"] == ["0.0.0.0/32"]
+    assert doc["relay"]["turn"] is False and "turn_clients" not in doc["relay"]
+    assert load_relay_config(str(config)).turn is False  # the relay takes what the wizard wrote
     assert (tmp_path / "turnuserdb.conf").exists()  # the relay wants a userdb, even without users
 
 

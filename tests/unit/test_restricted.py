@@ -34,3 +34,10 @@ def test_cache_stays_bounded_under_a_flood_of_sources():
 def test_sloppy_network_is_refused():
     with pytest.raises(ValueError):
         TurnClients(["10.40.0.1/24"])
+
+
+@pytest.mark.parametrize("cidrs", [[], ["10.40.0.0/24", "127.0.0.0/8"]])
+def test_turn_off_allows_nobody(cidrs):
+    clients = TurnClients(cidrs, enabled=False)
+    assert clients.restricted
+    assert not any(clients.allows(ip) for ip in ("10.40.0.10", "127.0.0.1", "::1", "203.0.113.9"))

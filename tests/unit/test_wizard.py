@@ -123,8 +123,20 @@ def test_apply_restricted_sets_keys_and_moves_passwords_out():
 def test_apply_client_and_disabled_modes():
     doc = tomllib.loads(wizard.apply_answers(SAMPLE_LIKE, answers(turn_mode=TurnMode.CLIENT), PATHS, ""))
     assert doc["relay"]["turn_clients"] == [] and doc["relay"]["auth_secrets_file"] == PATHS.secrets
-    doc = tomllib.loads(wizard.apply_answers(SAMPLE_LIKE, answers(turn_mode=TurnMode.DISABLED), PATHS, ""))
-    assert doc["relay"]["turn_clients"] == ["0.0.0.0/32"]
+    text = wizard.apply_answers(SAMPLE_LIKE, answers(turn_mode=TurnMode.DISABLED), PATHS, "")
+    doc = tomllib.loads(text)
+    assert doc["relay"]["turn"] is False and "turn_clients" not in doc["relay"]
+    assert wizard.current_answers(doc, []).turn_mode is TurnMode.DISABLED
+    # and back: another mode removes `turn = false` again
+    doc = tomllib.loads(wizard.apply_answers(text, answers(turn_mode=TurnMode.CLIENT), PATHS, ""))
+    assert "turn" not in doc["relay"] and doc["relay"]["turn_clients"] == []
+
+
+def test_the_old_never_seen_source_reads_as_disabled_and_is_rewritten_as_turn_off():
+    legacy = SAMPLE_LIKE.replace("[relay]\n", '[relay]\nturn_clients = ["0.0.0.0/32"]\n', 1)
+    assert wizard.current_answers(tomllib.loads(legacy), []).turn_mode is TurnMode.DISABLED
+    doc = tomllib.loads(wizard.apply_answers(legacy, answers(turn_mode=TurnMode.DISABLED), PATHS, ""))
+    assert doc["relay"]["turn"] is False and "turn_clients" not in doc["relay"]
 
 
 def test_a_rerun_replaces_the_header_and_prefills_every_answer():
