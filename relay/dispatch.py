@@ -143,14 +143,14 @@ class TurnServer:
 
     # --- from the shell ---
 
-    def admit(self, source: str) -> bool:
-        """May a request from `source` (a client without an allocation) be handled? False: drop it unparsed,
-        counted by why (`rate_limited`: over its source's bucket; `budget_shed`: the global budget is spent and
-        this source has been spending its bucket)."""
+    def admit(self, source: str, size: int = 0) -> bool:
+        """May a request from `source` (a client without an allocation; `size` bytes, which the budget counts) be
+        handled? False: drop it unparsed, counted by why (`rate_limited`: over its source's bucket; `budget_shed`:
+        the global budget is spent and this source has been spending its bucket)."""
         sources = self.sources
         if not sources.rate:
             return True
-        drop = sources.check(source, self.clock())
+        drop = sources.check(source, self.clock(), size)
         if drop is None:
             return True
         self.stats[drop] += 1
@@ -163,7 +163,7 @@ class TurnServer:
         if data[:2] == _SEND_INDICATION_TYPE:
             self._send_indication(data, five_tuple)
             return None
-        if not admitted and five_tuple not in self.allocations and not self.admit(five_tuple[1][0]):
+        if not admitted and five_tuple not in self.allocations and not self.admit(five_tuple[1][0], len(data)):
             return None
         try:
             request = parse(data)

@@ -95,7 +95,7 @@ class TurnUDPListener:
             if data[:2] == SEND_INDICATION:
                 self.core.send_indication(data, allocation)
                 return
-        elif allocation is None and not self.admit(addr[0]):
+        elif allocation is None and not self.admit(addr[0], len(data)):
             return
         five_tuple = ("udp", addr, self.local)
         if data and 0x40 <= data[0] <= 0x7F:

@@ -18,13 +18,15 @@ seconds (0.2 s at the default 10 a second), or about `3 * burst / 8` (15) at onc
 sources look new too; each is told apart once it has sent about that many (a second or two at a few times its
 rate).
 
-Every request the gate lets through, quiet or not, takes a token from the budget, so the parsing it lets through
-is bounded whatever the flood looks like. That matters when the relay is already behind: the kernel then drops
-most datagrams before the gate sees them, every flooder seems to send slowly, and a rate test alone would take
-them all for quiet clients and keep the relay overwhelmed. Within the budget the relay catches up, sees the whole
-flood again and tells the flooders from the quiet clients. The price: while a flood of new sources is young, or
-when more quiet sources ask than the budget holds, a quiet client may be shed too. The budget is per worker
-process (each has its own gate).
+Every request the gate lets through, quiet or not, takes from the budget, so the parsing it lets through is
+bounded whatever the flood looks like; a datagram of `size` bytes counts as `1 + size // BUDGET_BYTES` requests,
+since parsing costs by the attribute (a 1,380-byte Binding of empty attributes costs ~30 small ones, and a client's
+requests before it has an allocation are well under 256 bytes). That matters when the relay is already behind:
+the kernel then drops most datagrams before the gate sees them, every flooder seems to send slowly, and a rate
+test alone would take them all for quiet clients and keep the relay overwhelmed. Within the budget the relay
+catches up, sees the whole flood again and tells the flooders from the quiet clients. The price: while a flood of
+new sources is young, or when more quiet sources ask than the budget holds, a quiet client may be shed too. The
+budget is per worker process (each has its own gate).
 
 A source IP that has just authenticated a request is trusted for `trust_lifetime` seconds and skips both: a
 Conferencing Node (or a load test) making hundreds of allocations from one address sends each new 5-tuple's first
@@ -47,6 +49,7 @@ __all__ = ["BUDGET_SHED", "OVER_BUDGET_COST", "RATE_LIMITED", "SourceRateLimiter
 OVER_BUDGET_COST = 2.0
 QUIET_LEVEL = 0.25
 SPENDERS_SHARE = 0.5
+BUDGET_BYTES = 256
 
 
 # Why a request was not handled, as the core's counter names (plain strings: the drop path counts them per datagram).
@@ -99,9 +102,9 @@ class SourceRateLimiter:
         """May this source's request be handled? False: drop it (counted in `dropped` or `shed`)."""
         return self.check(source, now) is None
 
-    def check(self, source: str, now: float) -> str | None:
-        """None: handle this source's request; otherwise why to drop it, RATE_LIMITED or BUDGET_SHED (counted in
-        `dropped` or `shed`)."""
+    def check(self, source: str, now: float, size: int = 0) -> str | None:
+        """None: handle this source's request (a datagram of `size` bytes); otherwise why to drop it, RATE_LIMITED
+        or BUDGET_SHED (counted in `dropped` or `shed`)."""
         until = self._trusted.get(source)
         if until is not None:
             if until > now:
@@ -134,18 +137,19 @@ class SourceRateLimiter:
                 level += (now - last) * budget
                 if level > budget:
                     level = budget
-            if level - 1.0 < budget * SPENDERS_SHARE:
+            cost = 1 + size // BUDGET_BYTES
+            if level - cost < budget * SPENDERS_SHARE:
                 # Over the budget's first half: the rest is kept for sources whose bucket is at least a quarter
                 # full, and every source is held to half its rate.
                 tokens -= OVER_BUDGET_COST - 1.0
-                if level < 1.0 or tokens < burst * QUIET_LEVEL:
+                if level < cost or tokens < burst * QUIET_LEVEL:
                     self._budget_tokens = level
                     bucket[0] = tokens - 1.0 if tokens > 1.0 else 0.0
                     self.shed += 1
                     return BUDGET_SHED
                 if tokens < 1.0:
                     tokens = 1.0
-            self._budget_tokens = level - 1.0
+            self._budget_tokens = level - cost
         bucket[0] = tokens - 1.0
         return None
 

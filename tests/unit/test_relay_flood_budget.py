@@ -244,3 +244,16 @@ def test_the_dropped_counts_are_in_the_snapshot_and_in_metrics():
            for s in family.samples}
     assert got[("rpturn_stun_unauthenticated_dropped_total", (("reason", "per_source"),))] == 5
     assert got[("rpturn_stun_unauthenticated_dropped_total", (("reason", "budget"),))] == 9
+
+
+def test_a_big_request_counts_for_more_of_the_budget():
+    """Parsing costs by the attribute: a 1,380-byte request takes 6 of the budget, a small one 1."""
+    small, big = SourceRateLimiter(rate=10, burst=40, budget=60), SourceRateLimiter(rate=10, burst=40, budget=60)
+    small_handled = sum(small.check(flooder(i), 0.0, 28) is None for i in range(100))
+    big_handled = sum(big.check(flooder(i), 0.0, 1380) is None for i in range(100))
+    assert (small_handled, big_handled) == (60, 10)
+    harness = small_budget(budget=12)
+    listener, _ = listener_for(harness)
+    for i in range(20):
+        listener.datagramReceived(BINDING + b"\x00" * 1352, (flooder(i), 40000))
+    assert harness.server.stats["malformed"] == 2 and harness.server.stats["budget_shed"] == 18
