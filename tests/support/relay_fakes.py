@@ -234,3 +234,25 @@ def error_code(reply: Message) -> int | None:
     """The response's error code, None for a success response."""
     value = reply.get(Attr.ERROR_CODE)
     return value[0] if value is not None else None
+
+
+# Peers and helpers the core's unit tests share (their fixtures: tests/unit/conftest.py).
+PEER = ("127.0.0.2", 9000)
+OTHER_PEER = ("127.0.0.3", 9001)
+DENIED_PEER = ("10.0.0.1", 9000)  # asked for, refused: nothing is ever sent there
+
+
+def logged(events: list[dict[str, Any]], name: str) -> list[dict[str, Any]]:
+    """The events of one kind among those a harness recorded (`harness.events`)."""
+    return [event for event in events if event.get("event") == name]
+
+
+def with_settings(**changes: Any) -> TurnHarness:
+    """A harness whose TurnSettings differ from the default in `changes` (quotas, external_ip, ...)."""
+    return TurnHarness(settings=TurnSettings(realm=REALM, relay_ip="127.0.0.1", **changes))
+
+
+def raw_handle(harness: TurnHarness, data: bytes, client_address: Address = ("198.51.100.7", 40000)) -> bytes | None:
+    """Hand any bytes to the server as a UDP datagram from `client_address`; its response bytes, or None."""
+    reply = harness.server.handle_stun(data, ("udp", client_address, SERVER), lambda _: None)
+    return reply

@@ -1,8 +1,13 @@
-"""RFC 5769 STUN test vectors, byte for byte, with the credentials they were built with.
+"""RFC 5769 STUN test vectors, byte for byte, with the credentials they were built with, and the helpers the codec's
+tests write STUN bytes with by hand (`header`, `attribute`), so that they can write what encode() never would.
 
 Each vector is written as the RFC dumps it: the header's type and length, the transaction id, then one attribute a
 line (its hex digits, two spaces, what it is); `_message` puts the magic cookie between and joins the rest.
 """
+
+import struct
+
+from relay import stun
 
 
 def _message(type_and_length: str, transaction_id: str, attributes: str) -> bytes:
@@ -52,3 +57,15 @@ LONG_TERM_USERNAME = "\u30de\u30c8\u30ea\u30c3\u30af\u30b9"  # "マトリック�
 LONG_TERM_PASSWORD = "TheMatrIX"  # SASLprep("The\u00adM\u00aatr\u2168")
 LONG_TERM_REALM = "example.org"
 LONG_TERM_NONCE = "f//499k954d6OL34oL9FSTvy64sA"
+
+
+# Hand-written STUN bytes for the codec's tests: a fixed transaction id, a header over any body, one attribute.
+TID = bytes(range(12))
+
+
+def header(message_type: int, body: bytes, cookie: int = stun.MAGIC_COOKIE, tid: bytes = TID) -> bytes:
+    return struct.pack(">HHI", message_type, len(body), cookie) + tid + body
+
+
+def attribute(kind: int, value: bytes) -> bytes:
+    return struct.pack(">HH", kind, len(value)) + value + b"\0" * (-len(value) % 4)
