@@ -45,7 +45,8 @@ import collections
 __all__ = ["BUDGET_SHED", "OVER_BUDGET_COST", "RATE_LIMITED", "SourceRateLimiter"]
 
 # Over the budget: tokens a request costs its source (its rate is divided by this), and the share of its burst the
-# source's bucket must hold for it to be answered at all; the share of the budget sources below that may take.
+# source's bucket must hold for it to be answered at all. The share of the budget any source may take (the rest is
+# for sources above QUIET_LEVEL), and the bytes that count as one more request (parsing costs by the attribute).
 OVER_BUDGET_COST = 2.0
 QUIET_LEVEL = 0.25
 SPENDERS_SHARE = 0.5
