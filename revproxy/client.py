@@ -27,6 +27,9 @@ if TYPE_CHECKING:
     from revproxy.context import ProxyContext
 
 
+_CR_LF = (0x0D, 0x0A)
+
+
 class ConnState(enum.Enum):
     IDLE = "idle"  # between requests: the keep-alive timeout runs
     HEAD = "head"  # a request head is arriving in pieces: client_timeout runs
@@ -104,7 +107,7 @@ class ClientConnection(Deadline, Protocol):
     def parse_heads(self) -> None:
         heads = self.heads
         while heads.data and (self.state is ConnState.IDLE or self.state is ConnState.HEAD):
-            if self.state is ConnState.IDLE:
+            if self.state is ConnState.IDLE and heads.data[0] in _CR_LF:  # (a call only when there are some)
                 heads.strip_blank_lines()  # RFC 9112 2.2: ignore blank lines before a request
                 if not heads.data:
                     return

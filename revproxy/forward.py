@@ -59,9 +59,8 @@ class Forwarder:
         refusal = ex.check(self.config.max_body_size)
         if refusal is not None:
             return self.fail(refusal.status, refusal.detail)
-        interim = ex.interim()
-        if interim:
-            self.conn.transport.write(interim)
+        if ex.expect_continue:  # (the exchange's interim answer, asked for only when there is one)
+            self.conn.transport.write(ex.interim())
         self.guard(0)
 
     def guard(self, index: int) -> None:
