@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 from revproxy import http1
-from revproxy.http1 import CHUNKED, LENGTH, NONE, UNTIL_CLOSE
+from revproxy.http1 import CHUNKED, LENGTH, NONE, UNDERSCORE, UNTIL_CLOSE
 
 REASONS = {101: b"Switching Protocols", 200: b"OK", 301: b"Moved Permanently", 400: b"Bad Request",
            404: b"Not Found", 405: b"Method Not Allowed", 413: b"Content Too Large", 417: b"Expectation Failed",
@@ -43,7 +43,7 @@ def request_head(head: http1.Head, client_ip: bytes, upgrade: bytes = b"", hostn
     forwarded_for: list[bytes] = []
     named = head.connection - {b"host"}
     for lname, name, value in head.fields:
-        if lname in REQUEST_DROP or lname in named or b"_" in lname:
+        if lname in REQUEST_DROP or lname in named or UNDERSCORE in lname:  # (an int: see http1.CR)
             if lname == b"x-forwarded-for":
                 forwarded_for.append(value)
             continue
@@ -79,8 +79,9 @@ def response_head(head: http1.Head, client_version: bytes, keep_alive: bool) -> 
         if framing in (LENGTH, NONE):
             extra.append(b"\r\nContent-Length: %s" % http1.field_values(head, b"content-length")[0]
                          .split(b",")[0].strip())
-    # (the substring test first: most responses are not event streams, and it spares a field search per response)
-    streaming = b"text/event-stream" in head.lower and b"content-type" in names and any(
+    # (the substring search first, with find: see http1.CR; most responses are not event streams, and it spares a
+    # field search per response)
+    streaming = head.lower.find(b"text/event-stream") >= 0 and b"content-type" in names and any(
         v.startswith(b"text/event-stream") for v in http1.field_values(head, b"content-type"))
     parts = [b"HTTP/1.1 %d " % head.status, head.reason, http1.block_without(head, drop), *extra]
     chunked = False

@@ -15,8 +15,11 @@ MAX_CHUNK_LINE = 1024
 MAX_TRAILERS = 16 * 1024
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-_BAD_VALUE = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_BAD_TARGET = re.compile(rb"[\x00-\x20\x7f#]")
+# The bytes allowed in a field value (HTAB, visible ASCII, SP, obs-text) and in a request target (visible ASCII but
+# `#`, and obs-text): `value.translate(None, _VALUE_OK)` leaves only the bad ones — one C pass, where a regex search
+# for a character class tries a match at every position (about 4x the cost on a browser's User-Agent).
+_VALUE_OK = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
+_TARGET_OK = bytes(b for b in range(0x21, 0x100) if b not in (0x7F, 0x23))
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 # A response head's header block ("\r\nName: value" lines) checked whole: with its CRLFs taken out, any CR, LF or
 # other control character left is bad; lines that are not `token ":"` (obs-fold, "Name : v", empty names) too —
@@ -24,6 +27,10 @@ _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 _BAD_LINE = re.compile(rb"\r\n(?![!#$%&'*+\-.^_`|~0-9A-Za-z]+:)")
 _NAME = re.compile(rb"\r\n([^:]+):")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
+
+# Single bytes as ints for `in` tests on bytes: `b"\n" in data` first tries the needle as an int, and a bytes needle
+# fails that with a formatted TypeError before the search (~10x the cost of `LF in data`, which is a memchr).
+CR, LF, COLON, UNDERSCORE = 0x0D, 0x0A, 0x3A, 0x5F
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
@@ -93,7 +100,7 @@ def _fields(lines: list[bytes], head: Head, error_status: int) -> tuple[list[byt
             # covers obs-fold (leading whitespace), "Name : v", empty names, garbage
             raise HTTPError(error_status, "malformed header line")
         value = value.strip(b" \t")
-        if _BAD_VALUE.search(value):
+        if value.translate(None, _VALUE_OK):
             raise HTTPError(error_status, "control character in a header value")
         lname = name.lower()
         if lname == b"content-length":
@@ -125,7 +132,7 @@ def _split_head(data: bytes, error_status: int) -> list[bytes]:
     # With every CRLF taken out (the same left-to-right pairing as the split), any CR or LF left is a bare one: two
     # C-level tests instead of two per line.
     joined = data.replace(b"\r\n", b"")
-    if b"\n" in joined or b"\r" in joined:
+    if LF in joined or CR in joined:
         raise HTTPError(error_status, "bare CR or LF in the head")
     return data.split(b"\r\n")
 
@@ -147,7 +154,7 @@ def parse_request(data: bytes) -> Head:
         raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1")
     else:
         raise HTTPError(400, "malformed HTTP version")
-    if not target or _BAD_TARGET.search(target):
+    if not target or target.translate(None, _TARGET_OK):
         raise HTTPError(400, "malformed request target")
     head = Head()
     head.method, head.version = method, v
@@ -194,7 +201,7 @@ def parse_response(data: bytes, request_method: bytes) -> Head:
     m = _STATUS_LINE.match(status_line)
     if not m:
         raise HTTPError(502, "malformed status line from the node")
-    if _BAD_VALUE.search(block.replace(b"\r\n", b"")):
+    if block.replace(b"\r\n", b"").translate(None, _VALUE_OK):
         raise HTTPError(502, "bare CR or LF or a control character in the head")
     if _BAD_LINE.search(block):
         raise HTTPError(502, "malformed header line")
@@ -332,7 +339,7 @@ class BodyReader:
                 line = data[pos:end]
                 pos = end + 2
                 if state == self._SIZE:
-                    if len(line) > MAX_CHUNK_LINE or b"\n" in line or b"\r" in line:
+                    if len(line) > MAX_CHUNK_LINE or LF in line or CR in line:
                         raise HTTPError(400, "malformed chunk size line")
                     size_text = line.split(b";", 1)[0].rstrip(b" \t")
                     if not _HEX.match(size_text):
@@ -347,7 +354,7 @@ class BodyReader:
                         self.done = True
                         return out, data[pos:]
                     self.trailer_size += len(line)
-                    if self.trailer_size > MAX_TRAILERS or b"\n" in line or b"\r" in line or b":" not in line:
+                    if self.trailer_size > MAX_TRAILERS or LF in line or CR in line or COLON not in line:
                         raise HTTPError(400, "malformed chunked trailer")
         return out, b""
 

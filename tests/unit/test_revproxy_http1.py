@@ -138,3 +138,25 @@ def test_malformed_response_header_line_is_502(line):
     with pytest.raises(HTTPError) as e:
         http1.parse_response(b"HTTP/1.1 200 OK\r\nX-Ok: 1\r\n" + line, b"GET")
     assert e.value.status == 502
+
+
+@pytest.mark.parametrize("byte", range(256))
+def test_each_byte_in_a_value_or_target_is_refused_exactly_when_it_is_a_control_character(byte):
+    """Field values (request and response) refuse the C0 controls but HTAB, and DEL; a request target any C0
+    control, SP, DEL and `#`. Everything else (visible ASCII, obs-text) passes."""
+    b = bytes([byte])
+    control = (byte < 0x20 and byte != 0x09) or byte == 0x7F
+    request = b"GET / HTTP/1.1\r\nHost: x\r\nX-A: a" + b + b"a"
+    assert (status_of(request) == 400) if control else http1.parse_request(request).get(b"x-a") == b"a" + b + b"a"
+    response = b"HTTP/1.1 200 OK\r\nX-A: a" + b + b"a\r\nContent-Length: 0"
+    if control:
+        with pytest.raises(HTTPError) as e:
+            http1.parse_response(response, b"GET")
+        assert e.value.status == 502
+    else:
+        assert http1.parse_response(response, b"GET").status == 200
+    target = b"GET /a" + b + b"b HTTP/1.1\r\nHost: x"
+    if byte <= 0x20 or byte in (0x7F, 0x23):
+        assert status_of(target) == 400
+    else:
+        assert http1.parse_request(target).target == b"/a" + b + b"b"
