@@ -12,21 +12,26 @@ the offered flood rate, the answers the client got, the datagrams the kernel dro
 RSS before, at the end of and after the flood, and the machine's load average around each row (the figures depend
 on what else runs: the flood's sender and the relay each want a core). Then, in this process, the CPU a dropped
 datagram costs the UDP listener (µs, best of 5 runs of a loop through `TurnUDPListener.datagramReceived`), for a
-source over its bucket and for one shed by the budget, next to an answered Binding. Loopback only; not part of
-the test run.
+source over its bucket and for one shed by the budget, next to an answered Binding. `--budget N` adds a row with
+that `unauthenticated_budget`. `--fresh N`: no flood, but N fresh clients (127.3.x.y) each sending one
+unauthenticated Allocate at once — a meeting's start — answered with the defaults and with the budget off (the
+gate must not shed what the relay can afford). Loopback only; not part of the test run.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import socket
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 from appliance.limits import raise_open_files_limit
+from relay import stun
 from tests.support.flood import Flood, costly_binding, legitimate_success
 from tests.support.relay_process import RelayProcess
 
@@ -72,6 +77,34 @@ def measure(label: str, sources: int, seconds: float, attempts: int, request: by
             "load_1min": {"before": round(load_before, 2), "after": round(os.getloadavg()[0], 2)}}
 
 
+def fresh_burst(clients: int, **relay_table) -> int:
+    """How many of `clients` fresh sources' first Allocate, all sent at once, the relay answers (within 1 s)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        relay = RelayProcess(Path(tmp), **relay_table).start()
+        sockets = []
+        try:
+            for i in range(clients):
+                sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                sockets.append(sock)
+                sock.bind((f"127.3.{i // 250}.{i % 250 + 1}", 0))
+                sock.setblocking(False)
+            for sock in sockets:
+                request = stun.Message(stun.Method.ALLOCATE, stun.MessageClass.REQUEST, os.urandom(12),
+                                       [(stun.Attr.REQUESTED_TRANSPORT, 17)])
+                sock.sendto(stun.encode(request), relay.address)
+            time.sleep(1.0)
+            answered = 0
+            for sock in sockets:
+                with contextlib.suppress(BlockingIOError):
+                    sock.recv(2048)
+                    answered += 1
+            return answered
+        finally:
+            for sock in sockets:
+                sock.close()
+            relay.stop()
+
+
 def drop_cost(repeat: int = 200_000) -> dict:
     """CPU µs per datagram through the UDP listener (in process, fake clock, no sockets): a source over its bucket,
     a source shed by the budget, and an answered Binding for scale."""
@@ -113,9 +146,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--attempts", type=int, default=6)
     parser.add_argument("--costly", action="store_true", help="flood with costly (1,380-byte) Bindings")
+    parser.add_argument("--budget", type=int, action="append", default=[],
+                        help="also measure with this unauthenticated_budget (repeatable)")
+    parser.add_argument("--fresh", type=int, metavar="N",
+                        help="no flood: N fresh clients' first requests at once, with the defaults and the budget off")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     raise_open_files_limit()  # a socket per flood source
+    if args.fresh:
+        with_defaults, budget_off = fresh_burst(args.fresh), fresh_burst(args.fresh, unauthenticated_budget=0)
+        print(f"{args.fresh} fresh clients' first Allocate at once, no flood: answered {with_defaults} with the "
+              f"defaults, {budget_off} with the budget off (load {os.getloadavg()[0]:.2f})")
+        return 0
     request = costly_binding() if args.costly else None
     rows = [
         measure("gate off (unauthenticated_rate = 0)", args.sources, args.seconds, args.attempts, request,
@@ -123,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
         measure("per-source buckets only (unauthenticated_budget = 0)", args.sources, args.seconds, args.attempts,
                 request, unauthenticated_budget=0),
         measure("per-source buckets + global budget (defaults)", args.sources, args.seconds, args.attempts, request),
+        *(measure(f"per-source buckets + global budget {budget}", args.sources, args.seconds, args.attempts, request,
+                  unauthenticated_budget=budget) for budget in args.budget),
     ]
     costs = drop_cost()
     if args.json:

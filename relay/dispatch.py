@@ -35,7 +35,7 @@ from relay.events import EventLog, EventSink, discard
 from relay.quota import LocalQuota
 from relay.relay_ports import RelayPorts
 from relay.restricted import TurnClients
-from relay.source_limit import SourceRateLimiter
+from relay.source_limit import BUDGET_SECONDS, SourceRateLimiter
 from relay.stun import (
     MAGIC_COOKIE,
     Attr,
@@ -98,7 +98,7 @@ class TurnServer:
         self.connections = ControlConnections(settings.tcp_unallocated_per_ip, settings.tcp_unallocated_max,
                                               settings.tcp_unallocated_lifetime)
         self.sources = SourceRateLimiter(settings.unauthenticated_rate, settings.unauthenticated_burst,
-                                         budget=settings.unauthenticated_budget)
+                                         budget=settings.unauthenticated_budget, budget_seconds=BUDGET_SECONDS)
 
     @property
     def credentials(self) -> CredentialStore:

@@ -8,8 +8,10 @@ client got 2 of 6 Bindings answered, the rest lost in a full socket buffer behin
 parsing, so the relay keeps up with reading and everyone else's requests get through.
 
 Many sources each within their rate still add up (2,000 sources at 10 a second are 20,000 full requests a
-second), so there is also a global `budget`: such requests a second in all (a bucket of one second's worth), of
-which sources that have been spending their bucket get at most the first half. Beyond that half the relay is under
+second), so there is also a global `budget`: such requests a second in all, from a bucket of `budget_seconds`
+seconds' worth (the relay uses BUDGET_SECONDS: a meeting's start, a thousand browsers asking at once, is a burst
+the relay can afford and must not shed; a flood spends it within seconds and then meets the rate), of which sources
+that have been spending their bucket get at most the first half. Beyond that half the relay is under
 a flood: every request from a source costs it `OVER_BUDGET_COST` tokens, answered or not (it is held to half its
 rate), and is answered only if the source's bucket is at least a quarter full. Flooders' buckets hover near empty,
 so they are shed first (counted in `shed`) and stay at the bottom, while a new or quiet client, whose bucket is
@@ -42,7 +44,7 @@ from __future__ import annotations
 
 import collections
 
-__all__ = ["BUDGET_SHED", "OVER_BUDGET_COST", "RATE_LIMITED", "SourceRateLimiter"]
+__all__ = ["BUDGET_SECONDS", "BUDGET_SHED", "OVER_BUDGET_COST", "RATE_LIMITED", "SourceRateLimiter"]
 
 # Over the budget: tokens a request costs its source (its rate is divided by this), and the share of its burst the
 # source's bucket must hold for it to be answered at all. The share of the budget any source may take (the rest is
@@ -51,6 +53,9 @@ OVER_BUDGET_COST = 2.0
 QUIET_LEVEL = 0.25
 SPENDERS_SHARE = 0.5
 BUDGET_BYTES = 256
+# The relay's budget bucket holds this many seconds of its rate (measured: 2,000 fresh clients' first requests at
+# once all answered, where a one-second bucket at the default rate answered ~530 and shed the rest).
+BUDGET_SECONDS = 4.0
 
 
 # Why a request was not handled, as the core's counter names (plain strings: the drop path counts them per datagram).
@@ -65,6 +70,7 @@ class SourceRateLimiter:
         "_budget_tokens",
         "_trusted",
         "budget",
+        "budget_seconds",
         "burst",
         "dropped",
         "max_sources",
@@ -74,15 +80,16 @@ class SourceRateLimiter:
     )
 
     def __init__(self, rate: float, burst: float, max_sources: int = 65_536, trust_lifetime: float = 600.0,
-                 budget: float = 0.0) -> None:
+                 budget: float = 0.0, budget_seconds: float = 1.0) -> None:
         self.rate = rate
         self.burst = burst
         self.budget = budget  # requests a second in all (the second half for quiet sources only); 0 = off
+        self.budget_seconds = budget_seconds  # the budget's bucket holds budget * budget_seconds
         self.max_sources = max_sources
         self.trust_lifetime = trust_lifetime
         self._buckets: dict[str, list[float]] = {}  # source IP -> [tokens, last refill], oldest first
         self._trusted: collections.OrderedDict[str, float] = collections.OrderedDict()  # source IP -> until
-        self._budget_tokens = float(budget)
+        self._budget_tokens = float(budget * budget_seconds)
         self._budget_last: float | None = None
         self.dropped = 0  # over a source's bucket
         self.shed = 0  # over the global budget
@@ -132,14 +139,15 @@ class SourceRateLimiter:
                 return RATE_LIMITED
         budget = self.budget
         if budget:
+            capacity = budget * self.budget_seconds
             level = self._budget_tokens
             last, self._budget_last = self._budget_last, now
             if last is not None and now > last:
                 level += (now - last) * budget
-                if level > budget:
-                    level = budget
+                if level > capacity:
+                    level = capacity
             cost = 1 + size // BUDGET_BYTES
-            if level - cost < budget * SPENDERS_SHARE:
+            if level - cost < capacity * SPENDERS_SHARE:
                 # Over the budget's first half: the rest is kept for sources whose bucket is at least a quarter
                 # full, and every source is held to half its rate.
                 tokens -= OVER_BUDGET_COST - 1.0

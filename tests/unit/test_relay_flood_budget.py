@@ -18,7 +18,7 @@ from relay.allocation import TurnSettings
 from relay.config import relay_config_from_table
 from relay.service import turn_settings
 from relay.shell import TurnUDPListener
-from relay.source_limit import BUDGET_SHED, RATE_LIMITED, SourceRateLimiter
+from relay.source_limit import BUDGET_SECONDS, BUDGET_SHED, RATE_LIMITED, SourceRateLimiter
 from relay.stats import relay_snapshot
 from relay.stun import Message, MessageClass, Method, encode, parse
 from tests.support.relay_fakes import REALM, RELAY_IP, SERVER, TurnHarness, error_code
@@ -142,8 +142,9 @@ def test_the_listener_drops_a_flood_before_any_stun_work_and_counts_why():
                 listener.datagramReceived(b"\x00\x01junk that would be malformed", (flooder(i), 40000))
         harness.advance(1.0)
     server = harness.server
-    # Nothing was parsed beyond the budget and the sources' first requests: the rest never reached the codec.
-    assert server.stats["malformed"] <= 20 * (3 + 1)  # the budget: 20 a second
+    # Nothing was parsed beyond the budget: its bucket (BUDGET_SECONDS of it) and 20 a second after that; the rest
+    # never reached the codec.
+    assert server.stats["malformed"] <= 20 * (BUDGET_SECONDS + 3)
     assert server.stats["rate_limited"] > 0 and server.stats["budget_shed"] > 0
     assert server.stats["malformed"] + server.stats["rate_limited"] + server.stats["budget_shed"] == 3 * 200 * 20
     listener.datagramReceived(BINDING, ("192.0.2.1", 5000))  # a browser's first request, mid-flood
@@ -252,8 +253,22 @@ def test_a_big_request_counts_for_more_of_the_budget():
     small_handled = sum(small.check(flooder(i), 0.0, 28) is None for i in range(100))
     big_handled = sum(big.check(flooder(i), 0.0, 1380) is None for i in range(100))
     assert (small_handled, big_handled) == (60, 10)
-    harness = small_budget(budget=12)
+    harness = small_budget(budget=12 / BUDGET_SECONDS)  # the relay's budget bucket holds BUDGET_SECONDS of its rate
     listener, _ = listener_for(harness)
     for i in range(20):
         listener.datagramReceived(BINDING + b"\x00" * 1352, (flooder(i), 40000))
     assert harness.server.stats["malformed"] == 2 and harness.server.stats["budget_shed"] == 18
+
+
+def test_the_relays_budget_takes_a_burst_of_new_clients_it_can_afford():
+    """A meeting's start: a thousand browsers' first requests at once, no flood. The relay's budget bucket holds
+    BUDGET_SECONDS of its rate, so all are answered where a one-second bucket would shed half of them; a flood then
+    spends the burst and meets the rate."""
+    harness = small_budget(budget=500)
+    listener, written = listener_for(harness)
+    browsers = [(f"198.18.{i // 250}.{i % 250 + 1}", 50000) for i in range(1000)]
+    for address in browsers:
+        listener.datagramReceived(BINDING, address)
+    assert sum(answered(written, address) for address in browsers) == 1000
+    one_second = SourceRateLimiter(rate=10, burst=40, budget=500)
+    assert sum(one_second.check(address[0], 0.0) is None for address in browsers) < 600
