@@ -9,13 +9,11 @@ second may still put the relay behind, and the test waits (bounded) for it to ca
 
 from __future__ import annotations
 
-import socket
 import time
 
 from appliance.limits import raise_open_files_limit
-from relay import stun
-from tests.support.flood import Flood, costly_binding
-from tests.support.relay_process import RawTurnClient, RelayProcess, binding_request, error_code
+from tests.support.flood import Flood, costly_binding, one_binding, one_challenge
+from tests.support.relay_process import RawTurnClient, RelayProcess, error_code
 
 SOURCES = 800
 FLOOD_PPS = 24_000  # 30 a second from each source: three times its rate, and little enough to leave CI a core
@@ -23,33 +21,6 @@ FLOOD_SECONDS = 9.0
 NODE_ALLOCATIONS = 200
 LIMITS = {"unauthenticated_rate": 10, "unauthenticated_burst": 10, "unauthenticated_budget": 50}
 PACE = 0.25  # between the browser's requests: a quiet client at this burst sends one every 0.2 s or less often
-
-
-def one_binding(target: tuple[str, int], source: str, timeout: float = 1.0) -> bool:
-    """One try, no retransmission: was it answered?"""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-        sock.bind((source, 0))
-        sock.settimeout(timeout)
-        request, transaction_id = binding_request()
-        sock.sendto(request, target)
-        try:
-            while stun.parse(sock.recvfrom(2048)[0]).transaction_id != transaction_id:
-                pass
-        except TimeoutError:
-            return False
-    return True
-
-
-def one_challenge(target: tuple[str, int], source: str, timeout: float = 1.0) -> bool:
-    """An unauthenticated Allocate, one try: did its 401 come back?"""
-    client = RawTurnClient(target, timeout=timeout, source=source)
-    try:
-        client.learn_nonce()
-        return True
-    except TimeoutError:
-        return False
-    finally:
-        client.close()
 
 
 def node_allocations(target: tuple[str, int], source: str, count: int) -> int:

@@ -91,30 +91,39 @@ class Flood:
         return self.sent.value / self.seconds
 
 
+def one_binding(target: tuple[str, int], source: str, timeout: float = 1.0) -> bool:
+    """One Binding from `source`, one try, no retransmission: was it answered within `timeout`?"""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((source, 0))
+        sock.settimeout(timeout)
+        request, transaction_id = binding_request()
+        sock.sendto(request, target)
+        try:
+            while stun.parse(sock.recvfrom(2048)[0]).transaction_id != transaction_id:
+                pass
+        except TimeoutError:
+            return False
+    return True
+
+
+def one_challenge(target: tuple[str, int], source: str, timeout: float = 1.0) -> bool:
+    """An unauthenticated Allocate from `source`, one try: did its 401 come back within `timeout`?"""
+    client = RawTurnClient(target, timeout=timeout, source=source)
+    try:
+        client.learn_nonce()
+        return True
+    except TimeoutError:
+        return False
+    finally:
+        client.close()
+
+
 def legitimate_success(target: tuple[str, int], attempts: int = 6, timeout: float = 1.0,
                        source: str = "127.0.0.1") -> tuple[int, int]:
     """(Bindings answered, unauthenticated Allocates answered with their 401) out of `attempts` each, one try
     each with `timeout`: what a fresh client (not yet authenticated, so without any trust) sees."""
     bindings = allocates = 0
     for _ in range(attempts):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
-            sock.bind((source, 0))
-            sock.settimeout(timeout)
-            request, transaction_id = binding_request()
-            sock.sendto(request, target)
-            try:
-                while True:
-                    if stun.parse(sock.recvfrom(2048)[0]).transaction_id == transaction_id:
-                        bindings += 1
-                        break
-            except TimeoutError:
-                pass
-        client = RawTurnClient(target, timeout=timeout, source=source)
-        try:
-            client.learn_nonce()
-            allocates += 1
-        except TimeoutError:
-            pass
-        finally:
-            client.close()
+        bindings += one_binding(target, source, timeout)
+        allocates += one_challenge(target, source, timeout)
     return bindings, allocates
