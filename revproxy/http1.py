@@ -15,11 +15,11 @@ MAX_CHUNK_LINE = 1024
 MAX_TRAILERS = 16 * 1024
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-# The bytes allowed in a field value (HTAB, visible ASCII, SP, obs-text) and in a request target (visible ASCII but
-# `#`, and obs-text): `value.translate(None, _VALUE_OK)` leaves only the bad ones — one C pass, where a regex search
-# for a character class tries a match at every position (about 4x the cost on a browser's User-Agent).
-_VALUE_OK = b"\t" + bytes(range(0x20, 0x7F)) + bytes(range(0x80, 0x100))
-_TARGET_OK = bytes(b for b in range(0x21, 0x100) if b not in (0x7F, 0x23))
+# The bytes refused in a field value (C0 controls but HTAB, and DEL) and in a request target (also HTAB, SP and `#`):
+# a value holds none when `translate` deleting them leaves its length unchanged — one C pass over it, where a regex
+# search for a character class tries a match at every position (about 4x the cost on a browser's User-Agent).
+_VALUE_BAD = bytes(range(0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
+_TARGET_BAD = bytes(range(0x21)) + b"\x7f#"
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 # A response head's header block ("\r\nName: value" lines) checked whole: with its CRLFs taken out, any CR, LF or
 # other control character left is bad; lines that are not `token ":"` (obs-fold, "Name : v", empty names) too —
@@ -100,7 +100,7 @@ def _fields(lines: list[bytes], head: Head, error_status: int) -> tuple[list[byt
             # covers obs-fold (leading whitespace), "Name : v", empty names, garbage
             raise HTTPError(error_status, "malformed header line")
         value = value.strip(b" \t")
-        if value.translate(None, _VALUE_OK):
+        if len(value.translate(None, _VALUE_BAD)) != len(value):
             raise HTTPError(error_status, "control character in a header value")
         lname = name.lower()
         if lname == b"content-length":
@@ -154,7 +154,7 @@ def parse_request(data: bytes) -> Head:
         raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1")
     else:
         raise HTTPError(400, "malformed HTTP version")
-    if not target or target.translate(None, _TARGET_OK):
+    if not target or len(target.translate(None, _TARGET_BAD)) != len(target):
         raise HTTPError(400, "malformed request target")
     head = Head()
     head.method, head.version = method, v
@@ -201,7 +201,8 @@ def parse_response(data: bytes, request_method: bytes) -> Head:
     m = _STATUS_LINE.match(status_line)
     if not m:
         raise HTTPError(502, "malformed status line from the node")
-    if block.replace(b"\r\n", b"").translate(None, _VALUE_OK):
+    unfolded = block.replace(b"\r\n", b"")
+    if len(unfolded.translate(None, _VALUE_BAD)) != len(unfolded):
         raise HTTPError(502, "bare CR or LF or a control character in the head")
     if _BAD_LINE.search(block):
         raise HTTPError(502, "malformed header line")
