@@ -38,12 +38,18 @@ class ConnState(enum.Enum):
     CLOSING = "closing"  # nothing more is read
 
 
+# The states as module names for the per-read code: on Python 3.11 each `ConnState.IDLE` goes through the enum
+# metaclass's __getattr__ slot (hundreds of instructions, ~10 a request here); a module global is a cached load.
+IDLE, HEAD, BUSY, TUNNEL, CLOSING = (ConnState.IDLE, ConnState.HEAD, ConnState.BUSY, ConnState.TUNNEL,
+                                     ConnState.CLOSING)
+
+
 @implementer(IHandshakeListener)
 class ClientConnection(Deadline, Protocol):
     def __init__(self, ctx: ProxyContext, client_ip: str = "") -> None:
         self.ctx = ctx
         self.reactor = ctx.reactor
-        self.state = ConnState.IDLE
+        self.state = IDLE
         self.heads = HeadBuffer(MAX_HEAD)
         self.forwarder: Forwarder | None = None
         self.body: http1.BodyReader | None = None
@@ -67,7 +73,7 @@ class ClientConnection(Deadline, Protocol):
         self.set_deadline(self.ctx.config.tls_handshake_timeout)
 
     def handshakeCompleted(self) -> None:
-        if self.state is ConnState.IDLE:
+        if self.state is IDLE:
             self.set_deadline(self.ctx.config.keepalive_timeout)
 
     def dataReceived(self, data: bytes) -> None:
@@ -85,37 +91,37 @@ class ClientConnection(Deadline, Protocol):
         self.ctx.connections.discard(self)
         self.ctx.release(self)
         self.cancel_deadline()
-        self.state = ConnState.CLOSING
+        self.state = CLOSING
 
     def received(self, data: bytes) -> None:
         state = self.state
-        if state is ConnState.TUNNEL:
+        if state is TUNNEL:
             self.tunnel.write(data)
         elif self.body is not None:
             self.feed_body(data)
-        elif state is ConnState.CLOSING:
+        elif state is CLOSING:
             return
-        elif state is ConnState.BUSY:  # pipelined: hold until the current response is done
+        elif state is BUSY:  # pipelined: hold until the current response is done
             self.heads.append(data)
             if len(self.heads.data) > MAX_HEAD and not self.held:
                 self.held = True
                 self.transport.pauseProducing()
         else:
-            self.heads.append(data, skip_blank_lines=state is ConnState.IDLE)
+            self.heads.append(data, skip_blank_lines=state is IDLE)
             self.parse_heads()
 
     def parse_heads(self) -> None:
         heads = self.heads
-        while heads.data and (self.state is ConnState.IDLE or self.state is ConnState.HEAD):
-            if self.state is ConnState.IDLE and heads.data[0] in _CR_LF:  # (a call only when there are some)
+        while heads.data and (self.state is IDLE or self.state is HEAD):
+            if self.state is IDLE and heads.data[0] in _CR_LF:  # (a call only when there are some)
                 heads.strip_blank_lines()  # RFC 9112 2.2: ignore blank lines before a request
                 if not heads.data:
                     return
             try:
                 raw = heads.pop()
                 if raw is None:
-                    if self.state is ConnState.IDLE:  # a head in pieces: it must be complete within client_timeout
-                        self.state = ConnState.HEAD
+                    if self.state is IDLE:  # a head in pieces: it must be complete within client_timeout
+                        self.state = HEAD
                         self.set_deadline(self.ctx.config.client_timeout)
                     return
                 head = http1.parse_request(raw)
@@ -127,7 +133,7 @@ class ClientConnection(Deadline, Protocol):
     def start(self, head: http1.Head) -> None:
         fw = Forwarder(self, Exchange(head, self.client_ip, self.reactor.seconds()))
         self.forwarder = fw
-        self.state = ConnState.BUSY
+        self.state = BUSY
         if self.counted:
             self.ctx.idle.pop(self, None)
         if head.framing == NONE:
@@ -168,7 +174,7 @@ class ClientConnection(Deadline, Protocol):
             self.set_deadline(self.ctx.config.client_timeout)
 
     def start_tunnel(self, node_transport: Any) -> None:
-        self.state = ConnState.TUNNEL
+        self.state = TUNNEL
         self.tunnel = node_transport
         self.set_deadline(None)
 
@@ -177,10 +183,10 @@ class ClientConnection(Deadline, Protocol):
         exchange only keeps it alive when it had (an answer before the body's end says Connection: close)."""
         self.forwarder = None
         if not keep_alive or self.ctx.draining or self.body is not None:
-            self.state = ConnState.CLOSING
+            self.state = CLOSING
             self.transport.loseConnection()
             return
-        self.state = ConnState.IDLE
+        self.state = IDLE
         if self.counted:
             self.ctx.idle[self] = None  # the most recently idle last: closed last when room is needed
         self.set_deadline(self.ctx.config.keepalive_timeout, exact=False)
@@ -194,24 +200,24 @@ class ClientConnection(Deadline, Protocol):
         """Answer a bad request ourselves and close: the byte stream can no longer be trusted."""
         self.ctx.client_event("{client} refused: {status} {detail}", client=self.client_ip, status=error.status,
                               detail=error.detail)
-        self.state = ConnState.CLOSING
+        self.state = CLOSING
         self.body = None
         self.transport.write(simple_response(error.status, error.detail.encode() + b"\n"))
         self.transport.loseConnection()
 
     def _on_deadline(self) -> None:
         if self.forwarder is None or self.body is not None:
-            if self.state is ConnState.HEAD or self.body is not None:
+            if self.state is HEAD or self.body is not None:
                 self.ctx.client_event("{client} closed: request did not finish arriving within client_timeout",
                                       client=self.client_ip)
-            self.state = ConnState.CLOSING
+            self.state = CLOSING
             self.transport.abortConnection()
 
     def connectionLost(self, reason: Any = None) -> None:
         self.ctx.connections.discard(self)
         self.ctx.release(self)
         self.cancel_deadline()
-        self.state = ConnState.CLOSING
+        self.state = CLOSING
         if self.tunnel is not None:
             self.tunnel.loseConnection()
         if self.forwarder is not None:

@@ -18,7 +18,7 @@ from zope.interface import implementer
 
 from revproxy import access_log, http1
 from revproxy.body_store import MEMORY_BODY, BodyStore
-from revproxy.exchange import Body, Exchange, Step
+from revproxy.exchange import ARRIVING, FORWARD, Exchange, Step
 from revproxy.failover import Action, NodeFailure
 from revproxy.http1 import CHUNKED, LAST_CHUNK, HTTPError
 
@@ -39,7 +39,7 @@ class Forwarder:
         self.ex = ex
         self.ctx = ctx = conn.ctx
         self.config = ctx.config
-        self.store = BodyStore() if ex.body is Body.ARRIVING else None
+        self.store = BodyStore() if ex.body is ARRIVING else None
         self.upstream: NodeConnection | None = None
         self.connecting: Connect | None = None
         self.request_bytes = b""  # the request head for the node, built once for every attempt
@@ -198,7 +198,7 @@ class Forwarder:
         node = ex.node
         ctx.stats.node_answered(node.key, ctx.reactor.seconds() - self.sent_at)  # type: ignore[union-attr]
         step, payload = ex.response_arrived(head, ctx.draining)
-        if step is Step.RETRY:
+        if step is not FORWARD and step is Step.RETRY:  # (FORWARD, a module name: see exchange.FORWARD)
             log.warn("node {node} answered {status}; retrying {method} on the next node", node=node.key,  # type: ignore[union-attr]
                      status=head.status, method=ex.head.method.decode())
             self.upstream = None
@@ -207,13 +207,13 @@ class Forwarder:
             return False
         if node.down_until:  # type: ignore[union-attr]
             ctx.balancer.mark_ok(node)  # type: ignore[arg-type]
-        if step is Step.UNEXPECTED_101:
-            self.upstream = None
-            up.abandon()
-            self.fail(502, "unexpected 101 from the node")
-            return False
-        if step is Step.TUNNEL:
-            self.start_tunnel(up, payload)  # type: ignore[arg-type]
+        if step is not FORWARD:
+            if step is Step.UNEXPECTED_101:
+                self.upstream = None
+                up.abandon()
+                self.fail(502, "unexpected 101 from the node")
+                return False
+            self.start_tunnel(up, payload)  # type: ignore[arg-type]  # (Step.TUNNEL)
             return True
         self.out += payload.parts  # type: ignore[union-attr]
         conn = self.conn
