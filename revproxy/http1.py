@@ -14,12 +14,16 @@ MAX_HEAD = 16 * 1024  # request line + headers, as nginx's large_client_header_b
 MAX_CHUNK_LINE = 1024
 MAX_TRAILERS = 16 * 1024
 
-_TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+\Z")
-# The bytes refused in a field value (C0 controls but HTAB, and DEL) and in a request target (also HTAB, SP and `#`):
-# a value holds none when `translate` deleting them leaves its length unchanged — one C pass over it, where a regex
-# search for a character class tries a match at every position (about 4x the cost on a browser's User-Agent).
+_TOKEN_CHARS = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"  # RFC 9110 5.6.2
+# The bytes refused in a field value (C0 controls but HTAB, and DEL) and in a request target (also HTAB, SP and `#`),
+# as translation tables sending each refused byte to 0x00 (itself refused) and every other to itself: a value holds
+# a refused byte when `0 in value.translate(table)` — one C pass and a memchr, where a regex search for a character
+# class tries a match at every position (about 4x the cost on a browser's User-Agent).
 _VALUE_BAD = bytes(range(0x09)) + bytes(range(0x0A, 0x20)) + b"\x7f"
 _TARGET_BAD = bytes(range(0x21)) + b"\x7f#"
+_VALUE_CHECK = bytes(0 if b in _VALUE_BAD else b for b in range(256))
+_TARGET_CHECK = bytes(0 if b in _TARGET_BAD else b for b in range(256))
+_TOKEN_CHECK = bytes(b if b in _TOKEN_CHARS else 0 for b in range(256))  # (a token: non-empty, no 0 after it)
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
 # A response head's header block ("\r\nName: value" lines) checked whole: with its CRLFs taken out, any CR, LF or
 # other control character left is bad; lines that are not `token ":"` (obs-fold, "Name : v", empty names) too —
@@ -96,11 +100,11 @@ def _fields(lines: list[bytes], head: Head, error_status: int) -> tuple[list[byt
     fields = head.fields
     for line in lines:
         name, colon, value = line.partition(b":")
-        if not colon or not _TOKEN.match(name):
+        if not colon or not name or 0 in name.translate(_TOKEN_CHECK):
             # covers obs-fold (leading whitespace), "Name : v", empty names, garbage
             raise HTTPError(error_status, "malformed header line")
         value = value.strip(b" \t")
-        if len(value.translate(None, _VALUE_BAD)) != len(value):
+        if 0 in value.translate(_VALUE_CHECK):
             raise HTTPError(error_status, "control character in a header value")
         lname = name.lower()
         if lname == b"content-length":
@@ -144,7 +148,7 @@ def parse_request(data: bytes) -> Head:
     if len(parts) != 3:
         raise HTTPError(400, "malformed request line")
     method, target, version = parts
-    if not _TOKEN.match(method):
+    if not method or 0 in method.translate(_TOKEN_CHECK):
         raise HTTPError(400, "malformed method")
     if version == b"HTTP/1.1":
         v = b"1.1"
@@ -154,7 +158,7 @@ def parse_request(data: bytes) -> Head:
         raise HTTPError(505, "only HTTP/1.0 and HTTP/1.1")
     else:
         raise HTTPError(400, "malformed HTTP version")
-    if not target or len(target.translate(None, _TARGET_BAD)) != len(target):
+    if not target or 0 in target.translate(_TARGET_CHECK):
         raise HTTPError(400, "malformed request target")
     head = Head()
     head.method, head.version = method, v
@@ -201,8 +205,7 @@ def parse_response(data: bytes, request_method: bytes) -> Head:
     m = _STATUS_LINE.match(status_line)
     if not m:
         raise HTTPError(502, "malformed status line from the node")
-    unfolded = block.replace(b"\r\n", b"")
-    if len(unfolded.translate(None, _VALUE_BAD)) != len(unfolded):
+    if 0 in block.replace(b"\r\n", b"").translate(_VALUE_CHECK):
         raise HTTPError(502, "bare CR or LF or a control character in the head")
     if _BAD_LINE.search(block):
         raise HTTPError(502, "malformed header line")

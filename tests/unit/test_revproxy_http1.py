@@ -160,3 +160,18 @@ def test_each_byte_in_a_value_or_target_is_refused_exactly_when_it_is_a_control_
         assert status_of(target) == 400
     else:
         assert http1.parse_request(target).target == b"/a" + b + b"b"
+
+
+@pytest.mark.parametrize("byte", range(256))
+def test_each_byte_in_a_field_name_or_method_is_refused_exactly_when_it_is_no_token_character(byte):
+    b = bytes([byte])
+    token = b in b"!#$%&'*+-.^_`|~" or (b.isalnum() and byte < 0x80)
+    name = b"GET / HTTP/1.1\r\nHost: x\r\nX" + b + b"A: 1"
+    method = b"G" + b + b"T / HTTP/1.1\r\nHost: x"
+    if token:
+        assert http1.parse_request(name).get(b"x" + b.lower() + b"a") == b"1"
+        assert http1.parse_request(method).method == b"G" + b + b"T"
+    else:
+        if byte != 0x3A:  # (a colon ends the name: "X:A: 1" is the field X)
+            assert status_of(name) == 400
+        assert status_of(method) == 400
