@@ -21,10 +21,10 @@ towards the client, access-log line). The peers' own TLS work is not in it.
 - µs per request: the same without the profiler, `time.process_time` (CPU of this process), median of 5 runs. On a
   shared machine this one is noisy; compare runs made back to back.
 
-What it leaves out compared with `twistd revproxy` under wrk: the reactor (epoll, `doRead`/`doWrite` of the TCP
-transport — `_send_now` writes to the socket there, here it falls back to `transport.write` of the fake), the
-kernel's socket work and the real twistd log observer's file (`--access-log twistd` writes the text observer's lines
-to /dev/null, through a `LogFile`-like flush per line).
+What it leaves out compared with `twistd revproxy` under wrk: the reactor (epoll and `appliance.lean_dispatch`, the
+TLS connection's own socket read and its send straight to the socket — here it falls back to `transport.write` of
+the fake), the kernel's socket work and the real twistd log observer's file (`--access-log twistd` writes the text
+observer's lines to /dev/null, through a `LogFile`-like flush per line).
 """
 
 from __future__ import annotations
