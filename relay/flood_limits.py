@@ -23,8 +23,9 @@ class FloodLimits:
     transactions_per_user: int = 5_000
     transaction_cache_bytes: int = 16 * 1024 * 1024
     # Requests from clients without an allocation, per source IP not yet authenticated lately (relay.source_limit):
-    # a second (0 = no limit) and their burst; the budget: such requests a second in all before each source is held
-    # to half its rate (0 = no budget; needs the per-source limit).
+    # a second (0 = no limit) and their burst; the budget: such requests a second in all, from a bucket of
+    # source_limit.BUDGET_SECONDS of it, the first half open to every source, the rest only to quiet ones, each
+    # held to half its rate (0 = no budget; needs the per-source limit).
     unauthenticated_rate: float = 10
     unauthenticated_burst: float = 40
     unauthenticated_budget: float = 500
