@@ -128,8 +128,7 @@ class Supervisor(Service):
         self.stopping = False
         self.workers: dict[tuple[str, int], _Worker] = {}
         self.spares: dict[str, _Worker] = {}
-        self.restarts: dict[tuple[str, int], int] = {}
-        self.spare_failures: dict[str, int] = {}
+        self.restarts: dict[tuple[str, int | None], int] = {}
         self.sockets: dict[tuple[str, int], list[socket.socket]] = {}
         self.ready: defer.Deferred[None] = defer.Deferred()  # every slot has served once
         self._waiting_for = {(group.name, index) for group in groups for index in range(group.count)}
@@ -144,7 +143,7 @@ class Supervisor(Service):
     def payload(self, group: WorkerGroup, index: int) -> bytes:
         per_slot = len(group.listeners)
         return json.dumps({
-            "service": group.name, "entry": group.entry, "worker": index, "workers": group.count,
+            "service": group.name, "worker": index, "workers": group.count,
             # Descriptors 3, 4, ... hold every slot's sockets, slot after slot: this worker's are these.
             "fds": [3 + index * per_slot + i for i in range(per_slot)],
             "listeners": [[lst.kind, lst.host, lst.port] for lst in group.listeners],
@@ -199,22 +198,20 @@ class Supervisor(Service):
     def worker_ended(self, worker: _Worker, reason: Any) -> None:
         if self.stopping:
             return
-        if worker.index is None:  # the spare died before it was needed: start another, with back-off
-            if self.spares.get(worker.group.name) is worker:
-                del self.spares[worker.group.name]
-            count = self.spare_failures.get(worker.group.name, 0)
-            self.spare_failures[worker.group.name] = count + 1
-            delay = min(RESTART_DELAY * 2**count, MAX_RESTART_DELAY)
-            log.error("{label} ended ({reason}); starting another in {delay:.2f} s", label=worker.label,
-                      reason=reason, delay=delay)
-            self.reactor.callLater(delay, self._spawn_spare, worker.group)
-            return
+        # The back-off is kept per slot, and for the group's spare under index None.
         key = (worker.group.name, worker.index)
         if self.reactor.seconds() - worker.started > STABLE_AFTER:
             self.restarts[key] = 0  # it had been running fine: no back-off for this one
         count = self.restarts.get(key, 0)
         delay = min(RESTART_DELAY * 2**count, MAX_RESTART_DELAY)
         self.restarts[key] = count + 1
+        if worker.index is None:  # the spare died before it was needed: start another, takes no slot
+            if self.spares.get(worker.group.name) is worker:
+                del self.spares[worker.group.name]
+            log.error("{label} ended ({reason}); starting another in {delay:.2f} s", label=worker.label,
+                      reason=reason, delay=delay)
+            self.reactor.callLater(delay, self._spawn_spare, worker.group)
+            return
         log.error("{label} ended ({reason}); starting a new one in {delay:.2f} s", label=worker.label,
                   reason=reason, delay=delay, service=worker.group.name, worker=worker.index)
         self.reactor.callLater(delay, self._respawn, worker.group, worker.index)

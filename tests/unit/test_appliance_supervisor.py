@@ -117,6 +117,17 @@ def test_a_dead_spare_is_replaced_with_back_off_and_takes_no_slot(running):
     assert sorted(w.index for w in supervisor.workers.values()) == [0, 1]
 
 
+def test_a_spare_that_waited_a_while_is_replaced_without_back_off(running):
+    reactor, supervisor = running
+    for _ in range(4):  # a spare that keeps dying at once backs off further each time ...
+        die(supervisor.spares["relay"])
+        reactor.advance(MAX_RESTART_DELAY)
+    reactor.advance(STABLE_AFTER + 1)
+    die(supervisor.spares["relay"])  # ... but one that had been waiting fine starts the next at once
+    reactor.advance(RESTART_DELAY)
+    assert "relay" in supervisor.spares
+
+
 def test_workers_do_not_inherit_the_notify_socket(monkeypatch):
     monkeypatch.setenv("NOTIFY_SOCKET", "/run/systemd/notify")
     reactor = FakeReactor()
