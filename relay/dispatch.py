@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 
 __all__ = ["TurnServer"]
 
-_SEND_INDICATION_TYPE = b"\x00\x16"  # Send (0x006) | indication (0x010)
+SEND_INDICATION_TYPE = b"\x00\x16"  # a Send indication's first two bytes: Send (0x006) | indication (0x010)
 
 
 class TurnServer:
@@ -160,7 +160,7 @@ class TurnServer:
                     admitted: bool = False) -> bytes | None:
         """A whole STUN message (never ChannelData) from a client: the response to send back, or None.
         `admitted`: the shell already asked `admit` for this datagram (or its source holds an allocation)."""
-        if data[:2] == _SEND_INDICATION_TYPE:
+        if data[:2] == SEND_INDICATION_TYPE:
             self._send_indication(data, five_tuple)
             return None
         if not admitted and five_tuple not in self.allocations and not self.admit(five_tuple[1][0], len(data)):

@@ -18,8 +18,8 @@ from twisted.logger import Logger
 from appliance.limits import open_files_limit
 from appliance.sockets import bind_udp, listen_on
 from relay import datagram
-from relay.datagram import IP_MTU_DISCOVER, IP_PMTUDISC_DO, DatagramSocket  # noqa: F401 (re-exported)
-from relay.dispatch import TurnServer
+from relay.datagram import DatagramSocket
+from relay.dispatch import SEND_INDICATION_TYPE, TurnServer
 from relay.stun import StunDecodeError, tcp_frame_length
 
 log = Logger()
@@ -34,7 +34,6 @@ MAX_TCP_BUFFER = 65536 + 8
 
 Address = tuple[str, int]
 DATAGRAM_IO = {"batched": "batched (recvmmsg/sendmmsg)", "python": "per datagram (recvfrom/sendto)"}
-SEND_INDICATION = b"\x00\x16"  # the first two bytes of a Send indication (method 0x006, class indication)
 
 
 def log_event(text: str, **fields) -> None:
@@ -92,7 +91,7 @@ class TurnUDPListener:
             if 0x40 <= data[0] <= 0x7F:
                 allocation.on_client_channel_data(data)
                 return
-            if data[:2] == SEND_INDICATION:
+            if data[:2] == SEND_INDICATION_TYPE:
                 self.core.send_indication(data, allocation)
                 return
         elif allocation is None and not self.admit(addr[0], len(data)):
