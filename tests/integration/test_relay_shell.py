@@ -8,7 +8,8 @@ from twisted.internet.address import IPv4Address
 from twisted.internet.task import Clock
 
 from relay import stun
-from relay.shell import IP_MTU_DISCOVER, IP_PMTUDISC_DO, TCP_IDLE_TIMEOUT, DatagramSocket, open_udp_socket, unmap
+from relay.datagram import IP_MTU_DISCOVER, IP_PMTUDISC_DO
+from relay.shell import TCP_IDLE_TIMEOUT, DatagramSocket, open_udp_socket, unmap
 from relay.stun import Attr, Method
 from tests.support.relay_fakes import TurnHarness
 from tests.support.relay_process import RawTurnClient, RelayProcess, error_code
