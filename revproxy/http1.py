@@ -416,6 +416,3 @@ class HeadBuffer:
         """Everything held (bytes after the last head), emptying the buffer."""
         data, self.data, self.scan = self.data, b"", 0
         return data
-
-    def __len__(self) -> int:
-        return len(self.data)
