@@ -27,6 +27,7 @@ passing) would only work for TURN in the clear. So the relay's core runs *in the
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.internet import TimerService
@@ -94,21 +95,12 @@ def compose(relay_plan: ServicePlan, proxy_plan: ServicePlan, proxy_config: Any,
         proxy_plan.group.spec["relay_source"] = source
         return
     proxy = proxy_plan.service
-    if relay_plan.service is not None:
-        core = relay_plan.service.relay.core  # type: ignore[attr-defined]
-    else:
-        own = HttpsRelay(source, proxy.reactor)  # type: ignore[union-attr]
-        own.setServiceParent(proxy)  # type: ignore[arg-type]
-        core = own.core
-        reload_proxy = proxy_plan.reload
-
-        def reload_both() -> None:
-            if reload_proxy is not None:
-                reload_proxy()
-            own.reload()
-
-        proxy_plan.reload = reload_both
+    if relay_plan.service is None:
+        proxy_plan.reload = _serve_own_core(proxy, HttpsRelay(source, proxy.reactor),  # type: ignore[union-attr]
+                                            proxy_plan.reload)
+        return
     https = proxy_config.https
+    core = relay_plan.service.relay.core  # type: ignore[attr-defined]
     proxy.ctx.turn_handoff = RelayHandoff(core, proxy.reactor, (https.host, https.port))  # type: ignore[union-attr]
 
 
@@ -117,13 +109,19 @@ def worker_service(spec: dict[str, Any], sockets: list, reactor: Any) -> tuple[A
     from revproxy.workers import worker_service as proxy_worker_service
 
     service, reload_proxy = proxy_worker_service(spec, sockets, reactor)
-    own = HttpsRelay(spec["spec"]["relay_source"], reactor, spec["worker"])
-    own.setServiceParent(service)
-    https = service.config.https
-    service.ctx.turn_handoff = RelayHandoff(own.core, reactor, (https.host, https.port))
+    return service, _serve_own_core(service, HttpsRelay(spec["spec"]["relay_source"], reactor, spec["worker"]),
+                                    reload_proxy)
+
+
+def _serve_own_core(proxy: Any, own: HttpsRelay, reload_proxy: Callable[[], object] | None) -> Callable[[], None]:
+    """`own` runs under the proxy's service and takes its TURN connections; the reload for both (SIGHUP)."""
+    own.setServiceParent(proxy)
+    https = proxy.config.https
+    proxy.ctx.turn_handoff = RelayHandoff(own.core, own.relay.reactor, (https.host, https.port))
 
     def reload_both() -> None:
-        reload_proxy()
+        if reload_proxy is not None:
+            reload_proxy()
         own.reload()
 
-    return service, reload_both
+    return reload_both
