@@ -129,19 +129,15 @@ class AccessLogFile:
 def sink(config_value: bool | str, reactor: Any, current: AccessLogFile | None = None) -> Any:
     """Where access-log lines go for an `access_log` setting: None (off), the twistd log (True), or a file; a file
     already open for the same path is reopened rather than opened twice."""
+    if current is not None:
+        if current.path == config_value:
+            current.reopen()
+            return current
+        current.close()
     if config_value is False:
-        if current is not None:
-            current.close()
         return None
     if config_value is True:
-        if current is not None:
-            current.close()
         return _to_twistd_log
-    if current is not None and current.path == config_value:
-        current.reopen()
-        return current
-    if current is not None:
-        current.close()
     return AccessLogFile(config_value, reactor)
 
 

@@ -1,9 +1,11 @@
 """Hardening of the proxy, in memory: slow uploads are the client's time, connection limits per address and in
 all (idle connections closed first), the TLS handshake's own timeout, header hygiene and safe log lines."""
 
+from twisted.internet.testing import MemoryReactorClock
 from twisted.logger import capturedLogs
 
 from appliance.logsafe import escape_bytes, escape_text
+from revproxy import access_log
 from revproxy.access_log import scrub
 from revproxy.client import ConnState
 from tests.support.revproxy_memory import Harness, response
@@ -174,3 +176,14 @@ def test_ipv6_connections_are_limited_per_64_prefix():
     assert h.accept("2001:db8:1:2::99") is None  # same /64: one subscriber
     assert h.accept("2001:db8:1:3::10") is not None
     assert h.ctx.per_ip == {"2001:db8:1:2::/64": 2, "2001:db8:1:3::/64": 1}
+
+
+def test_a_reload_changing_the_access_log_setting_closes_the_file_it_leaves(tmp_path):
+    reactor = MemoryReactorClock()
+    first = access_log.sink(str(tmp_path / "a.log"), reactor)
+    assert access_log.sink(str(tmp_path / "a.log"), reactor, first) is first and first.fd >= 0  # reopened, kept
+    second = access_log.sink(str(tmp_path / "b.log"), reactor, first)
+    assert isinstance(second, access_log.AccessLogFile) and second is not first and first.fd == -1
+    assert access_log.sink(True, reactor, second) is not None and second.fd == -1  # to twistd's log
+    third = access_log.sink(str(tmp_path / "c.log"), reactor)
+    assert access_log.sink(False, reactor, third) is None and third.fd == -1
