@@ -48,9 +48,7 @@ def _send_now(transport: Any, data: bytes) -> None:
             and not transport.disconnecting and not transport._writeDisconnected:
         try:
             sent = transport.socket.send(data)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError:  # the connection is gone: let Twisted find out and report it the usual way
+        except OSError:  # would block, or the connection is gone: Twisted's write finds out as usual
             sent = 0
         if sent == len(data):
             return
