@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import procstat
+
 from appliance.limits import raise_open_files_limit
 from relay import stun
 from tests.support.flood import Flood, costly_binding, legitimate_success
@@ -47,10 +49,7 @@ def listener_drops(port: int) -> int:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+    return procstat.rss_bytes(pid) / (1 << 20)
 
 
 def measure(label: str, sources: int, seconds: float, attempts: int, request: bytes | None = None,
