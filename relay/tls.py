@@ -20,7 +20,6 @@ half-done handshakes holds a socket and OpenSSL's buffers for that long at most,
 
 from __future__ import annotations
 
-import ssl
 from typing import Any
 
 from twisted.internet.interfaces import IHandshakeListener
@@ -43,26 +42,16 @@ __all__ = [
 HANDSHAKE_TIMEOUT = 10.0  # seconds from TCP accept to a finished TLS handshake
 
 
-class RelayTLS:
+class RelayTLS(ServerTLS):
     """The bundle for `tls_listen`: each new connection gets the current context; `reload` swaps it (a bad bundle
-    raises BundleError naming the file, and the old context stays)."""
+    raises BundleError naming the file, and the old context stays). No ALPN protocol is offered: TURN over TLS
+    needs none, and the proxy's "http/1.1" would tell a client it reached an HTTP server."""
 
     def __init__(self, path: str) -> None:
-        self.server = ServerTLS(path)
-
-    @property
-    def path(self) -> str:
-        return self.server.path
-
-    @property
-    def context(self) -> ssl.SSLContext:
-        return self.server.context
+        super().__init__(path, alpn=())
 
     def reload(self, path: str | None = None) -> None:
-        self.server.reload(path or self.path)
-
-    def wrap(self, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO) -> ssl.SSLObject:
-        return self.server.wrap(incoming, outgoing)
+        super().reload(path or self.path)
 
 
 class TurnStreamConnection(TurnTCPConnection):

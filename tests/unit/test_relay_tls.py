@@ -3,6 +3,7 @@ pumps the bytes, task.Clock drives the timers). The real `twistd` process is dri
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -143,3 +144,22 @@ def test_reload_with_a_bad_bundle_keeps_the_old_context(pki: Pki, tmp_path: Path
     assert tls.context is context and tls.path == str(pki.bundle)
     tls.reload()
     assert tls.context is not context
+
+
+def test_no_alpn_protocol_is_offered(pki: Pki) -> None:
+    """TURN over TLS is no HTTP server: a client offering http/1.1 gets no ALPN protocol selected."""
+    import ssl as stdlib_ssl
+
+    client_context = stdlib_ssl.create_default_context(cafile=str(pki.root))
+    client_context.set_alpn_protocols(["http/1.1"])
+    c_in, c_out, s_in, s_out = (stdlib_ssl.MemoryBIO() for _ in range(4))
+    client = client_context.wrap_bio(c_in, c_out, server_hostname="localhost")
+    server = RelayTLS(str(pki.bundle)).wrap(s_in, s_out)
+    for _ in range(10):
+        for side in (client, server):
+            with contextlib.suppress(stdlib_ssl.SSLWantReadError):
+                side.do_handshake()
+        s_in.write(c_out.read())
+        c_in.write(s_out.read())
+    assert server.version() is not None and client.version() is not None  # the handshake finished
+    assert client.selected_alpn_protocol() is None and server.selected_alpn_protocol() is None
