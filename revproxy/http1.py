@@ -80,9 +80,6 @@ class Head:
                 return v
         return None
 
-    def get_all(self, lname: bytes) -> list[bytes]:
-        return [v for ln, _, v in self.fields if ln == lname]
-
     @property
     def keep_alive(self) -> bool:
         if self.version == b"1.0":
