@@ -252,7 +252,7 @@ def write_secrets(path: str, inline: list[str]) -> bool:
     if generated:
         merged = [secrets.token_hex(32)]
     if merged != have:
-        header = "# TURN REST API shared secrets, one per line (rpturn setup); keep this file 0600\n"
+        header = "# TURN REST API shared secrets, one per line (rpturn setup); keep this file private\n"
         write_atomically(path, (header + "".join(s + "\n" for s in merged)).encode(), secret=True)
     return generated
 
