@@ -153,14 +153,15 @@ class ProxyContext:
 
     def client_event(self, text: str, **fields: Any) -> None:
         """A line about something a client did (a refused request, a head too slow): rate-limited, since anyone can
-        cause them; the next line that passes says how many were held back."""
-        suppressed = self.client_log.allow(self.reactor.seconds())
-        if suppressed is not None:
-            log.info(text + (" ({suppressed} more such lines held back)" if suppressed else ""),
-                     suppressed=suppressed, **fields)
+        cause them."""
+        self._limited(self.client_log, log.info, text, fields)
 
     def _refused(self, text: str, ip: str, limit: int) -> None:
-        suppressed = self.limit_log.allow(self.reactor.seconds())
+        self._limited(self.limit_log, log.warn, text, {"ip": ip, "limit": limit})
+
+    def _limited(self, limiter: LogLimiter, emit: Callable[..., None], text: str, fields: dict[str, Any]) -> None:
+        """`text` through `emit` if `limiter` lets it; the next line that passes says how many were held back."""
+        suppressed = limiter.allow(self.reactor.seconds())
         if suppressed is not None:
-            log.warn(text + (" ({suppressed} more such lines held back)" if suppressed else ""), ip=ip,
-                     limit=limit, suppressed=suppressed)
+            emit(text + (" ({suppressed} more such lines held back)" if suppressed else ""), suppressed=suppressed,
+                 **fields)
