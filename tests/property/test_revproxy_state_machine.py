@@ -38,7 +38,7 @@ class ProxyMachine(RuleBasedStateMachine):
         super().__init__()
         self.h = Harness(nodes=2, client_timeout=5.0, upstream_read_timeout=3.0, connect_timeout=1.0,
                          keepalive_timeout=20.0)
-        self.clients: list = []  # [protocol, transport, targets sent, bodies owed]
+        self.clients: list = []  # [protocol, transport, targets sent]
         self.nodes: list = []
         self.serial = 0
 
