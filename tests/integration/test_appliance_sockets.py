@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import resource
 import socket
+import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +37,11 @@ def test_sockets_are_non_blocking_and_tcp_listens_with_the_one_backlog():
         assert not tcp.getblocking() and not udp.getblocking()
         assert tcp.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
         assert tcp.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) == 1
+        # The backlog the kernel applies (ss's Send-Q of a listening socket): BACKLOG, capped by somaxconn.
+        port = tcp.getsockname()[1]
+        listing = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True, check=True)
+        somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+        assert listing.stdout.split()[2] == str(min(BACKLOG, somaxconn)), listing.stdout
     assert BACKLOG == 4096
 
 
