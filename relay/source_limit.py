@@ -14,7 +14,7 @@ the relay can afford and must not shed; a flood spends it within seconds and the
 that have been spending their bucket get at most the first half. Beyond that half the relay is under
 a flood: every request from a source costs it `OVER_BUDGET_COST` tokens, answered or not (it is held to half its
 rate), and is answered only if the source's bucket is at least a quarter full. Flooders' buckets hover near empty,
-so they are shed first (counted in `shed`) and stay at the bottom, while a new or quiet client, whose bucket is
+so they are shed first and stay at the bottom, while a new or quiet client, whose bucket is
 full, is still answered from the second half: one sending at most a request every `OVER_BUDGET_COST / rate`
 seconds (0.2 s at the default 10 a second), or about `3 * burst / 8` (15) at once when new. A young flood's
 sources look new too; each is told apart once it has sent about that many (a second or two at a few times its
@@ -72,10 +72,8 @@ class SourceRateLimiter:
         "budget",
         "budget_seconds",
         "burst",
-        "dropped",
         "max_sources",
         "rate",
-        "shed",
         "trust_lifetime",
     )
 
@@ -91,8 +89,6 @@ class SourceRateLimiter:
         self._trusted: collections.OrderedDict[str, float] = collections.OrderedDict()  # source IP -> until
         self._budget_tokens = float(budget * budget_seconds)
         self._budget_last: float | None = None
-        self.dropped = 0  # over a source's bucket
-        self.shed = 0  # over the global budget
 
     def trust(self, source: str, now: float) -> None:
         """`source` just authenticated a request: let its requests through without a bucket for a while."""
@@ -107,12 +103,12 @@ class SourceRateLimiter:
         return len(self._buckets)
 
     def allow(self, source: str, now: float) -> bool:
-        """May this source's request be handled? False: drop it (counted in `dropped` or `shed`)."""
+        """May this source's request be handled? False: drop it."""
         return self.check(source, now) is None
 
     def check(self, source: str, now: float, size: int = 0) -> str | None:
         """None: handle this source's request (a datagram of `size` bytes); otherwise why to drop it, RATE_LIMITED
-        or BUDGET_SHED (counted in `dropped` or `shed`)."""
+        or BUDGET_SHED (the caller counts them: the core's stats under those names)."""
         until = self._trusted.get(source)
         if until is not None:
             if until > now:
@@ -135,7 +131,6 @@ class SourceRateLimiter:
                     tokens = burst
             if tokens < 1.0:
                 bucket[0] = tokens
-                self.dropped += 1
                 return RATE_LIMITED
         budget = self.budget
         if budget:
@@ -154,7 +149,6 @@ class SourceRateLimiter:
                 if level < cost or tokens < burst * QUIET_LEVEL:
                     self._budget_tokens = level
                     bucket[0] = tokens - 1.0 if tokens > 1.0 else 0.0
-                    self.shed += 1
                     return BUDGET_SHED
                 if tokens < 1.0:
                     tokens = 1.0

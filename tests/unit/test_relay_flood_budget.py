@@ -40,22 +40,22 @@ def flood(limiter: SourceRateLimiter, sources: int, now: float, rounds: int = 1)
 def test_within_the_budget_every_source_gets_its_own_rate():
     limiter = SourceRateLimiter(rate=10, burst=40, budget=10_000)
     assert flood(limiter, 100, 0.0, rounds=40) == {None: 4000}
-    assert flood(limiter, 100, 0.0) == {RATE_LIMITED: 100}
-    assert limiter.shed == 0 and limiter.dropped == 100
+    assert flood(limiter, 100, 0.0) == {RATE_LIMITED: 100}  # over their buckets, none shed
 
 
 def test_over_the_budget_spenders_are_shed_and_a_new_or_quiet_client_is_still_answered():
     limiter = SourceRateLimiter(rate=10, burst=40, budget=100)
     now = 0.0
+    seen: collections.Counter = collections.Counter()
     for step in range(30):  # 200 sources at 50 requests a second each: 10,000 a second against a budget of 100
         now += 0.1
-        flood(limiter, 200, now, rounds=5)
+        seen += flood(limiter, 200, now, rounds=5)
         if step >= 10 and step % 5 == 0:  # once the flood has spent the sources' buckets (a second)
             assert limiter.check("192.0.2.1", now) is None  # a quiet client, a request every 0.5 s
     late = flood(limiter, 200, now + 0.1, rounds=5)
     assert late[BUDGET_SHED] + late[RATE_LIMITED] >= 990 and late[None] <= 10 + 1
     assert limiter.check("192.0.2.99", now + 0.1) is None  # a fresh one too
-    assert limiter.shed > 0
+    assert seen[BUDGET_SHED] > 0
 
 
 def test_whatever_the_flood_no_more_than_the_budget_gets_through():
@@ -101,8 +101,7 @@ def test_a_source_that_authenticated_is_never_shed():
 
 def test_no_budget_is_the_per_source_limit_alone():
     limiter = SourceRateLimiter(rate=10, burst=40, budget=0)
-    assert flood(limiter, 500, 0.0, rounds=40) == {None: 20_000}
-    assert limiter.shed == 0
+    assert flood(limiter, 500, 0.0, rounds=40) == {None: 20_000}  # none shed
 
 
 def test_a_wall_clock_stepped_back_takes_no_tokens_away():
