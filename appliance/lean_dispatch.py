@@ -65,6 +65,7 @@ def lean_poll(reactor: Any, timeout: float | None) -> None:
 
 
 def _read_failed(reactor: Any, selectable: Any, failure: Failure) -> None:
-    """What `_doReadOrWrite` does when `doRead` raises: log it, disconnect the selectable."""
+    """What `_doReadOrWrite` does when `doRead` raises: log it, disconnect the selectable (not as a read's end:
+    a half-closeable one gets connectionLost, as there)."""
     log.err(failure)
-    reactor._disconnectSelectable(selectable, failure.value, True)
+    reactor._disconnectSelectable(selectable, failure.value, False)

@@ -6,9 +6,11 @@ from __future__ import annotations
 import socket
 
 import pytest
-from twisted.internet import epollreactor, main
+from twisted.internet import epollreactor, error, main
+from twisted.internet.interfaces import IHalfCloseableDescriptor
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python import log
+from zope.interface import implementer
 
 from appliance import lean_dispatch
 
@@ -117,3 +119,43 @@ def test_other_events_take_twisteds_way(epoll, pair) -> None:
     b.shutdown(socket.SHUT_WR)
     epoll.doIteration(1.0)
     assert sel.prefixes >= 1  # went through callWithLogger
+
+
+@implementer(IHalfCloseableDescriptor)
+class HalfCloseable(Readable):
+    """doRead raises ConnectionDone (`raised`) or answers it."""
+
+    def __init__(self, sock: socket.socket, raised: bool) -> None:
+        super().__init__(sock)
+        self.raised = raised
+
+    def doRead(self) -> object:
+        self.sock.recv(100)
+        if self.raised:
+            raise error.ConnectionDone()
+        return main.CONNECTION_DONE
+
+    def readConnectionLost(self, reason: object) -> None:
+        self.lost.append(("read", reason))
+
+
+@pytest.mark.parametrize("raised", [False, True])
+def test_a_half_closeable_selectable_ends_as_under_twisteds_dispatch(epoll, pair, raised) -> None:
+    """A read's end (doRead answering ConnectionDone) closes only the reading side; the same error raised by doRead
+    is a failure, and the whole connection is lost."""
+    a, b = pair
+    sel = HalfCloseable(b, raised)
+    epoll.addReader(sel)
+    lean_dispatch.install(epoll)
+    events: list[dict] = []
+    log.addObserver(events.append)
+    try:
+        a.send(b"x")
+        epoll.doIteration(1.0)
+    finally:
+        log.removeObserver(events.append)
+    assert len(sel.lost) == 1
+    if raised:
+        assert not isinstance(sel.lost[0], tuple) and sel.lost[0].check(error.ConnectionDone)
+    else:
+        assert sel.lost[0][0] == "read"
