@@ -170,15 +170,18 @@ def test_floods_of_garbage_and_half_handshakes_on_tls_listen_are_bounded(relay: 
         request = stun.encode(stun.Message(stun.Method.BINDING, stun.MessageClass.REQUEST, os.urandom(12), []))
         tls.sendall(request)
         assert stun.parse(tls.recv(2048)).msg_class == stun.MessageClass.SUCCESS
-    closed = 0
+    not_closed = 0
     for sock in garbage:  # the server closes a connection whose first bytes are no TLS at once
         sock.settimeout(5)
         try:
-            closed += sock.recv(4096) == b"" or True
+            while sock.recv(4096):  # a TLS alert may come first; then the end
+                pass
         except ConnectionResetError:
-            closed += 1
+            pass
+        except TimeoutError:
+            not_closed += 1
         sock.close()
-    assert closed == len(garbage)
+    assert not not_closed, f"{not_closed} of {len(garbage)} connections sending no TLS still open"
     # A handshake that never finishes is closed by the server after HANDSHAKE_TIMEOUT (or refused at once).
     still_open = still_open_after(half, HANDSHAKE_TIMEOUT + 3)
     for sock in half:
