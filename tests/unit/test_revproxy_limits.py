@@ -125,6 +125,12 @@ def test_logged_values_have_every_non_printable_byte_escaped():
     assert escape_text("us\u2028er\x85\u00e9") == "us\\u2028er\\x85\u00e9"
 
 
+def test_each_byte_is_kept_in_a_log_line_exactly_when_it_is_printable_ascii_but_quote_and_backslash():
+    for byte in range(256):
+        kept = 0x20 <= byte <= 0x7E and byte not in b'"\\'
+        assert escape_bytes(b"a" + bytes([byte]) + b"a") == ("a" + chr(byte) + "a" if kept else f"a\\x{byte:02x}a")
+
+
 def test_the_access_log_line_carries_the_scrubbed_referer():
     h = Harness(nodes=1)
     client, _ = h.client()
