@@ -130,15 +130,16 @@ def from_table(table: dict[str, Any], path: str = "<config>") -> ProxyConfig:
             if isinstance(v, bool) or not isinstance(v, int) or v < 0:
                 raise error(path, key, f"expected a whole number >= 0, got {v!r}")
             values[key] = v
-    for key in ("verify_nodes", "access_log", "turn_on_https"):
+    for key in ("verify_nodes", "turn_on_https"):
         if key in table:
-            if key == "access_log" and isinstance(table[key], str) and table[key]:
-                values[key] = table[key]
-                continue
             if not isinstance(table[key], bool):
-                raise error(path, key, f"expected true or false{' or a file path' if key == 'access_log' else ''}, "
-                                       f"got {table[key]!r}")
+                raise error(path, key, f"expected true or false, got {table[key]!r}")
             values[key] = table[key]
+    if "access_log" in table:
+        v = table["access_log"]
+        if not isinstance(v, bool) and not (isinstance(v, str) and v):
+            raise error(path, "access_log", f"expected true or false or a file path, got {v!r}")
+        values["access_log"] = v
     if "balance" in table:
         if table["balance"] not in BALANCES:
             raise error(path, "balance", f"expected one of {', '.join(BALANCES)}, got {table['balance']!r}")

@@ -17,6 +17,7 @@ def good(**extra):
 
 def test_defaults_from_a_minimal_table():
     c = config.from_table(good(), "x.toml")
+    assert c.access_log is True and config.from_table(good(access_log="/var/log/a.log")).access_log == "/var/log/a.log"
     assert (c.connect_timeout, c.api_connect_timeout, c.fail_timeout, c.max_body_size) == (3, 20, 10, 15 << 20)
     assert (c.balance, c.webapp_path, c.workers, c.health_check) == ("round_robin", "/webapp/", 1, "")
 
@@ -33,6 +34,9 @@ def test_defaults_from_a_minimal_table():
     (good(webapp_path="webapp"), "webapp_path", "start and end with '/'"),
     (good(max_body_size="15M"), "max_body_size", "whole number"),
     (good(workers=0), "workers", "1-256"),
+    (good(verify_nodes="yes"), "verify_nodes", "expected true or false, got 'yes'"),
+    (good(access_log=""), "access_log", "true or false or a file path"),
+    (good(access_log=1), "access_log", "true or false or a file path"),
 ])
 def test_each_bad_value_names_the_file_and_key(table, key, words):
     with pytest.raises(ConfigError) as e:
