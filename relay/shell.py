@@ -65,7 +65,7 @@ class TurnUDPListener:
 
     A datagram from a client holding an allocation here is found by its source address alone (the core's
     `udp_allocations`): ChannelData goes straight to the allocation, a Send indication to the core's per-packet
-    path; no 5-tuple is built. Anything from a source without one first passes the core's flood gate (`admit`),
+    path; no 5-tuple is built. A request from a source without one first passes the core's flood gate (`admit`),
     before any STUN work: a flood's excess costs a dict look-up and a bucket. Then it goes to the core with its
     5-tuple.
     """
@@ -87,17 +87,24 @@ class TurnUDPListener:
         if self.dual_stack:
             addr = (unmap(addr[0]), addr[1])
         allocation = self.clients.get(addr)
-        if allocation is not None and len(data) >= 4:
+        if allocation is None:
+            if data and 0x40 <= data[0] <= 0x7F:
+                # ChannelData without an allocation: dropped and counted by the core for a look-up, not through the
+                # gate, whose bucket is the source IP's: media still arriving after its allocation went (a restart)
+                # must not spend what that IP's next Allocate needs.
+                self.core.handle_channel_data(data, ("udp", addr, self.local))
+                return
+            if not self.admit(addr[0], len(data)):
+                return
+        elif len(data) >= 4:
             if 0x40 <= data[0] <= 0x7F:
                 allocation.on_client_channel_data(data)
                 return
             if data[:2] == SEND_INDICATION_TYPE:
                 self.core.send_indication(data, allocation)
                 return
-        elif allocation is None and not self.admit(addr[0], len(data)):
-            return
         five_tuple = ("udp", addr, self.local)
-        if data and 0x40 <= data[0] <= 0x7F:
+        if data and 0x40 <= data[0] <= 0x7F:  # from a client with an allocation, short of the ChannelData header
             self.core.handle_channel_data(data, five_tuple)
             return
         write = self.write

@@ -206,6 +206,18 @@ def test_a_client_holding_an_allocation_passes_the_listener_without_the_gate():
     assert harness.server.stats["rate_limited"] == harness.server.stats["budget_shed"] == 0
 
 
+def test_channel_data_without_an_allocation_does_not_spend_its_sources_bucket():
+    """Media still arriving after its allocation went (a relay restart) is dropped without the gate: the same
+    address's next request is answered."""
+    harness = small_budget()
+    listener, written = listener_for(harness)
+    for _ in range(200):  # five times the source's burst
+        listener.datagramReceived(b"\x40\x00\x00\x04ping", ("192.0.2.70", 7000))
+    assert harness.server.stats["channel_data_dropped"] == 200
+    assert via_listener(listener, written, BINDING, ("192.0.2.70", 7001)) is not None
+    assert harness.server.stats["rate_limited"] == harness.server.stats["budget_shed"] == 0
+
+
 # --- config, reload, counters ---
 
 
