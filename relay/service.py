@@ -88,6 +88,9 @@ def worker_port_range(min_port: int, max_port: int, worker: int, workers: int) -
     return low, high
 
 
+# Keys a reload does not change (the supervisor's sockets and each worker's port slice depend on them).
+RESTART_ONLY = ("listen", "tls_listen", "min_port", "max_port", "relay_ip", "workers")
+
 # The config keys the TURN core takes as they are: every field the two dataclasses share by name (a limit added to
 # both is carried without an edit here). relay_ip is the address chosen at start, not the configured one.
 SETTINGS_FROM_CONFIG = tuple(sorted({f.name for f in dataclasses.fields(TurnSettings)}
@@ -190,8 +193,7 @@ class RelayService(Service):
         except (ConfigError, UserDbError, SecretsFileError, BundleError, OSError) as exc:
             log.error("reload failed, keeping the running configuration: {error}", error=exc)
             return
-        changed = [key for key in ("listen", "tls_listen", "min_port", "max_port", "relay_ip", "workers")
-                   if getattr(new, key) != getattr(self.config, key)]
+        changed = [key for key in RESTART_ONLY if getattr(new, key) != getattr(self.config, key)]
         if changed:
             log.warn("{keys} changed in {source}: that needs a restart; running on with the old values",
                      keys=", ".join(changed), source=source)
@@ -202,10 +204,7 @@ class RelayService(Service):
             secrets=secrets,
             turn_clients=TurnClients(new.turn_clients, enabled=new.turn),
         )
-        self.config = dataclasses.replace(new, listen=self.config.listen, tls_listen=self.config.tls_listen,
-                                          min_port=self.config.min_port,
-                                          max_port=self.config.max_port, relay_ip=self.config.relay_ip,
-                                          workers=self.config.workers)
+        self.config = dataclasses.replace(new, **{key: getattr(self.config, key) for key in RESTART_ONLY})
         log.info("configuration reloaded from {source}: {users} inline users, userdb {userdb}",
                  source=source, users=len(new.users), userdb=new.userdb)
 

@@ -23,13 +23,10 @@ from appliance.config import format_hostport
 from appliance.supervisor import WorkerGroup
 from relay.config import ConfigError, RelayConfig, load_relay_config, relay_config_from_table
 from relay.quota import SharedQuota
-from relay.service import listeners, makeService, split_sockets
+from relay.service import RESTART_ONLY, listeners, makeService, split_sockets
 
 # Imported by a spare worker before it is given a slot (`appliance.worker`), so that taking one costs no imports.
 PRELOAD = ("relay.tls",)
-
-# Keys a reload does not change (the supervisor's sockets and each worker's port slice depend on them).
-RESTART_ONLY = ("listen", "tls_listen", "min_port", "max_port", "relay_ip", "workers")
 
 
 def config_table(config: RelayConfig) -> dict[str, Any]:
