@@ -209,8 +209,8 @@ def _multiplexer(reactor) -> Multiplexer:
 class DatagramSocket:
     """A non-blocking UDP socket watched by the reactor, handing each datagram straight to `handler`."""
 
-    __slots__ = ("batched", "family", "fd", "handler", "ipv6", "multiplexer", "name", "queue", "reactor", "sock",
-                 "write", "write_errors")
+    __slots__ = ("family", "fd", "handler", "ipv6", "multiplexer", "name", "queue", "reactor", "sock", "write",
+                 "write_errors")
 
     def __init__(self, reactor, sock: socket.socket, handler: Callable[[bytes, Address], None], name: str) -> None:
         self.reactor = reactor
@@ -222,14 +222,15 @@ class DatagramSocket:
         self.ipv6 = self.family == socket.AF_INET6
         self.name = name
         self.queue: list[tuple[bytes, Address]] = []
-        self.batched = _backend == "batched"
         # write(data, addr): the back-end's, bound once (the per-packet path pays no branch for it)
-        self.write: Callable[[bytes, Address], None] = self._queue if self.batched else self._sendto
-        self.multiplexer: Multiplexer | None = None
-        if self.batched:
+        self.write: Callable[[bytes, Address], None]
+        self.multiplexer: Multiplexer | None = None  # batched: the epoll set this socket is read through
+        if _backend == "batched":
+            self.write = self._queue
             self.multiplexer = _multiplexer(reactor)
             self.multiplexer.add(self)
         else:
+            self.write = self._sendto
             reactor.addReader(self)
 
     def fileno(self) -> int:
@@ -239,7 +240,7 @@ class DatagramSocket:
         return self.name
 
     def doRead(self) -> None:
-        if self.batched:
+        if self.multiplexer is not None:
             self._read_batch()
         else:
             self._read_each()
