@@ -266,7 +266,7 @@ class TurnServer:
         transport, client, local = allocation.five_tuple
         if transport == "udp":
             self._udp_allocations[local].pop(client, None)
-        if allocation.five_tuple[0] != "udp" and reason != "connection-lost":
+        elif reason != "connection-lost":
             # The control connection stays open without an allocation: bounded again as any such connection.
             self.connections.deallocated(allocation.five_tuple, self.clock())
         allocation.close()
