@@ -44,7 +44,7 @@ class RelayConfig(FloodLimits):
     tls_listen: tuple[tuple[str, int], ...] = ()  # TURN over TLS listeners (turns:)
     certificate: str | None = None  # bundle for tls_listen; under `twistd rpturn` the proxy's by default
     auth_secrets: tuple[str, ...] = ()  # TURN REST API shared secrets (relay.restauth)
-    auth_secrets_file: str | None = None  # the same, one a line, mode 0600, re-read on SIGHUP
+    auth_secrets_file: str | None = None  # the same, one a line, 0600 or root-owned 0640, re-read on SIGHUP
     turn: bool = True  # false: a STUN-only server, no source may use TURN (relay.restricted)
     turn_clients: tuple[str, ...] = ()  # restricted mode: only these sources may use TURN (relay.restricted)
     # The flood bounds (tcp_unallocated_*, transactions_per_user, ...) come from FloodLimits.

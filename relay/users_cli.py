@@ -11,9 +11,10 @@ The file holds ``user:0x<md5(user:realm:password)>`` lines: the tool writes the 
 
 With ``--config`` the userdb path and realm come from the ``[relay]`` table (``userdb``, ``realm``); ``--userdb``
 and ``--realm`` override them. A relative userdb path is relative to the current directory, as for the relay.
-Every change rewrites the file atomically (a temporary file in the same directory, fsync, rename) with mode 0600,
-keeping comments, blank lines and the order of the other users; the relay picks it up on SIGHUP. Concurrent runs
-are serialised with a lock on the file's directory.
+Every change rewrites the file atomically (a temporary file in the same directory, fsync, rename), private (0600,
+or root:<group> 0640 where the service must read it: appliance.atomic.secret_file_mode), keeping comments, blank
+lines and the order of the other users; the relay picks it up on SIGHUP. Concurrent runs are
+serialised with a lock on the file's directory.
 
 Exit status: 0 done, 1 error (unknown or existing user, bad file, missing realm...), 2 bad command line.
 """
@@ -114,7 +115,8 @@ def read_lines(path: str, *, missing_ok: bool) -> list[tuple[str, str | None]]:
 
 def write_userdb(path: str, lines: Sequence[str]) -> None:
     """Replace ``path`` with ``lines`` as appliance.atomic does (never half a file; a symbolic link's target is
-    replaced; the owner kept where we may), mode 0600 from the start: the file holds keys."""
+    replaced; the owner kept where we may), private from the start (appliance.atomic.secret_file_mode): the file
+    holds keys."""
     write_atomically(path, "".join(line + "\n" for line in lines).encode(), secret=True)
 
 
