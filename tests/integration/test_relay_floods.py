@@ -36,10 +36,7 @@ def tcp_binding(conn: socket.socket, timeout: float = 2.0) -> stun.Message | Non
 
 
 def connect(relay: RelayProcess, source: str = "127.0.0.1") -> socket.socket:
-    conn = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    conn.bind((source, 0))
-    conn.connect(relay.address)
-    return conn
+    return relay.connect_tcp(source)
 
 
 def closed_by_peer(conn: socket.socket, timeout: float) -> bool:

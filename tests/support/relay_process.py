@@ -83,9 +83,39 @@ class RelayProcess:
             if self.process.poll() is not None:
                 output = self.process.stdout.read().decode(errors="replace")
                 raise RuntimeError(f"relay exited with {self.process.returncode}: {output}\n{self.log()}")
-            if udp_binding(self.host, self.port, timeout=0.2) is not None:
+            if udp_binding(self.host, self.port, timeout=0.2) is not None and self._tcp_listening():
                 return self
-        raise RuntimeError(f"relay did not answer a Binding within 15 s:\n{self.log()}")
+        raise RuntimeError(f"relay did not answer a Binding and accept TCP within 15 s:\n{self.log()}")
+
+    def _tcp_listening(self) -> bool:
+        """Is a TCP socket listening on the relay's port (the tests use both; UDP answering alone is not ready)?
+
+        Read from the kernel's table rather than by connecting: a test connection would count against the relay's
+        per-source limits that some tests measure exactly."""
+        port_suffix = f":{self.port:04X}"
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with contextlib.suppress(OSError), open(table) as lines:
+                next(lines)  # the header
+                for line in lines:
+                    _slot, local, _remote, state, *_ = line.split()
+                    if local.endswith(port_suffix) and state == "0A":  # 0A: LISTEN
+                        return True
+        return False
+
+    def connect_tcp(self, source: str = "127.0.0.1") -> socket.socket:
+        """A TCP connection to the relay from `source`. A refusal fails with whether the relay is still running and
+        the end of its log: a listener gone from a live relay and a relay that died are different bugs."""
+        conn = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET, socket.SOCK_STREAM)
+        conn.bind((source, 0))
+        try:
+            conn.connect(self.address)
+        except ConnectionRefusedError:
+            conn.close()
+            state = "running" if self.process is None or self.process.poll() is None else \
+                f"exited with {self.process.returncode}"
+            raise AssertionError(f"relay on {self.address} refused a TCP connection from {source}; relay {state}; "
+                                 f"log ends:\n{self.log()[-3000:]}") from None
+        return conn
 
     def __enter__(self) -> RelayProcess:
         return self
