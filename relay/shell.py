@@ -18,7 +18,8 @@ from twisted.logger import Logger
 from appliance.limits import open_files_limit
 from appliance.sockets import bind_udp, listen_on
 from relay import datagram
-from relay.datagram import DatagramSocket
+from relay.allocation import Allocation
+from relay.datagram import DatagramSocket, Destination, client_forwarder, peer_forwarder
 from relay.dispatch import SEND_INDICATION_TYPE, TurnServer
 from relay.stun import StunDecodeError, tcp_frame_length
 
@@ -67,7 +68,9 @@ class TurnUDPListener:
     `udp_allocations`): ChannelData goes straight to the allocation, a Send indication to the core's per-packet
     path; no 5-tuple is built. A request from a source without one first passes the core's flood gate (`admit`),
     before any STUN work: a flood's excess costs a dict look-up and a bucket. Then it goes to the core with its
-    5-tuple.
+    5-tuple. On the batched back-end the first case, ChannelData a client's allocation relays, is done in C on the
+    same dicts (`datagram.client_forwarder`) and never reaches `datagramReceived` (not on a dual-stack socket,
+    whose clients' addresses are unmapped here first).
     """
 
     def __init__(self, core: TurnServer, local: Address) -> None:
@@ -77,10 +80,14 @@ class TurnUDPListener:
         self.clients = core.udp_allocations(local)
         self.admit = core.admit
         self.write: Callable[[bytes, Address], None] = lambda data, addr: None
+        self.endpoint: DatagramSocket | None = None
 
     def attach(self, endpoint: DatagramSocket) -> None:
+        self.endpoint = endpoint
         self.write = endpoint.write
         endpoint.handler = self.datagramReceived
+        if not self.dual_stack:
+            endpoint.forward = client_forwarder(self.clients)
 
     def datagramReceived(self, data: bytes, addr: Address) -> None:
         reply_to = addr  # on a dual-stack socket an IPv4 client must be written to as ::ffff:a.b.c.d
@@ -108,7 +115,10 @@ class TurnUDPListener:
             self.core.handle_channel_data(data, five_tuple)
             return
         write = self.write
-        reply = self.core.handle_stun(data, five_tuple, lambda out: write(out, reply_to), True)
+        # An allocation made by this request sends to its client through this (a Destination: the C forwarding of
+        # peers' datagrams knows it).
+        send = Destination(self.endpoint, reply_to) if self.endpoint is not None else lambda out: write(out, reply_to)
+        reply = self.core.handle_stun(data, five_tuple, send, True)
         if reply is not None:
             write(reply, reply_to)
 
@@ -237,7 +247,11 @@ def relay_opener(reactor, relay_ip: str) -> Callable:
             sock = open_udp_socket(relay_ip, port)
         except OSError:
             return None
-        return DatagramSocket(reactor, sock, deliver, f"relay {relay_ip}:{port}")
+        endpoint = DatagramSocket(reactor, sock, deliver, f"relay {relay_ip}:{port}")
+        owner = getattr(deliver, "__self__", None)  # deliver is an allocation's on_peer_datagram: relayed in C
+        if isinstance(owner, Allocation) and deliver == owner.on_peer_datagram:
+            endpoint.forward = peer_forwarder(owner)
+        return endpoint
 
     return open_relay
 
