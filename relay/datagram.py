@@ -13,7 +13,8 @@ Two back-ends, the same behaviour:
   timer) is sent at once. The sockets are not watched by the reactor one by one but through one epoll set of
   their own (`Multiplexer`, itself one reader of the reactor): one wake-up reads every socket that is ready and
   sends what they all wrote together (the peers' answers from several relay sockets leave the listener in one
-  sendmmsg), and the reactor's per-descriptor dispatch (a logging context per event) is paid once.
+  sendmmsg), and the reactor's per-descriptor dispatch (a logging context per event) is paid once. In a
+  sendmmsg, consecutive datagrams of one size to one address go as one UDP GSO message (relay/_mmsg.c).
   On top, the steady state of relaying is done in C on the same Python objects (`_mmsg.forward_clients` and
   `forward_peers`, wired by relay.shell through `DatagramSocket.forward`): a client's ChannelData to a permitted
   peer and a permitted peer's datagram to a client with a channel are queued and counted without a Python call;
