@@ -25,16 +25,19 @@ _VALUE_CHECK = bytes(0 if b in _VALUE_BAD else b for b in range(256))
 _TARGET_CHECK = bytes(0 if b in _TARGET_BAD else b for b in range(256))
 _TOKEN_CHECK = bytes(b if b in _TOKEN_CHARS else 0 for b in range(256))  # (a token: non-empty, no 0 after it)
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}\Z")
-# A response head's header block ("\r\nName: value" lines) checked whole: with its CRLFs taken out, any CR, LF or
-# other control character left is bad; lines that are not `token ":"` (obs-fold, "Name : v", empty names) too —
-# one C-level pass each instead of a loop over the lines.
-_BAD_LINE = re.compile(rb"\r\n(?![!#$%&'*+\-.^_`|~0-9A-Za-z]+:)")
-_NAME = re.compile(rb"\r\n([^:]+):")
+# A response head's header block ("\r\nName: value" lines) checked whole, in C-level passes instead of a loop over
+# the lines: every CRLF starts a `token ":"` (no obs-fold, "Name : v" or empty name) when the field names found
+# after CRLFs are as many as the CRLFs; and no CR, LF or other control character is there but the CRLFs' own when
+# the control-byte translation holds exactly two zero bytes per CRLF.
+_FIELD_NAME = re.compile(rb"\r\n([!#$%&'*+\-.^_`|~0-9A-Za-z]+):")
 _STATUS_LINE = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: ([^\x00-\x08\x0a-\x1f\x7f]*))?\Z")
 
 # Single bytes as ints for `in` tests on bytes: `b"\n" in data` first tries the needle as an int, and a bytes needle
 # fails that with a formatted TypeError before the search (~10x the cost of `LF in data`, which is a memchr).
 CR, LF, COLON, UNDERSCORE = 0x0D, 0x0A, 0x3A, 0x5F
+
+_KEEP_ALIVE_ONLY = [b"keep-alive"]  # a response's Connection values, the usual one
+_KEEP_ALIVE = frozenset(_KEEP_ALIVE_ONLY)
 
 IDEMPOTENT = frozenset({b"GET", b"HEAD", b"OPTIONS", b"PUT", b"DELETE", b"TRACE"})
 
@@ -202,23 +205,27 @@ def parse_response(data: bytes, request_method: bytes) -> Head:
     m = _STATUS_LINE.match(status_line)
     if not m:
         raise HTTPError(502, "malformed status line from the node")
-    if 0 in block.replace(b"\r\n", b"").translate(_VALUE_CHECK):
+    lines = block.count(b"\r\n")
+    if block.translate(_VALUE_CHECK).count(0) != 2 * lines:
         raise HTTPError(502, "bare CR or LF or a control character in the head")
-    if _BAD_LINE.search(block):
-        raise HTTPError(502, "malformed header line")
     head = Head()
+    head.lower = lower = block.lower()  # (token characters stay token characters)
+    head.names = names = _FIELD_NAME.findall(lower)
+    if len(names) != lines:
+        raise HTTPError(502, "malformed header line")
     head.version = b"1.1" if m.group(1) == b"1" else b"1.0"
     head.status = status = int(m.group(2))
     head.reason = m.group(3) or b""
     head.block = block
-    head.lower = block.lower()
-    head.names = names = _NAME.findall(head.lower)
     lengths = field_values(head, b"content-length") if b"content-length" in names else []
     head.clean_length = len(lengths) == 1 and lengths[0].isdigit()
     encodings = field_values(head, b"transfer-encoding") if b"transfer-encoding" in names else []
     if b"connection" in names:
-        head.connection = frozenset([t.strip().lower() for v in field_values(head, b"connection")
-                                     for t in v.split(b",")])
+        values = field_values(head, b"connection")
+        if values == _KEEP_ALIVE_ONLY:  # (what nodes send on nearly every response: no parse, a shared set)
+            head.connection = _KEEP_ALIVE
+        else:
+            head.connection = frozenset([t.strip().lower() for v in values for t in v.split(b",")])
     if b"upgrade" in names:
         head.upgrade = field_values(head, b"upgrade")[-1]
     if request_method == b"HEAD" or status < 200 or status in (204, 304):
