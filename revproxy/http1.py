@@ -217,11 +217,14 @@ def parse_response(data: bytes, request_method: bytes) -> Head:
     head.status = status = int(m.group(2))
     head.reason = m.group(3) or b""
     head.block = block
-    lengths = field_values(head, b"content-length") if b"content-length" in names else []
-    head.clean_length = len(lengths) == 1 and lengths[0].isdigit()
+    n = names.count(b"content-length")
+    lengths = [_only_value(block, lower, b"\r\ncontent-length:")] if n == 1 else \
+        field_values(head, b"content-length") if n else []
+    head.clean_length = n == 1 and lengths[0].isdigit()
     encodings = field_values(head, b"transfer-encoding") if b"transfer-encoding" in names else []
-    if b"connection" in names:
-        values = field_values(head, b"connection")
+    n = names.count(b"connection")
+    if n:
+        values = [_only_value(block, lower, b"\r\nconnection:")] if n == 1 else field_values(head, b"connection")
         if values == _KEEP_ALIVE_ONLY:  # (what nodes send on nearly every response: no parse, a shared set)
             head.connection = _KEEP_ALIVE
         else:
@@ -242,6 +245,14 @@ def parse_response(data: bytes, request_method: bytes) -> Head:
     else:
         head.framing = UNTIL_CLOSE
     return head
+
+
+def _only_value(block: bytes, lower: bytes, key: bytes) -> bytes:
+    """The value of the one field whose line starts with `key` (CRLF, lowercase name, colon): `field_values`
+    without its search for more lines and its list, for the fields a response usually has once."""
+    start = lower.find(key) + len(key)
+    end = block.find(b"\r\n", start)
+    return (block[start:end] if end >= 0 else block[start:]).strip(b" \t")
 
 
 def field_values(head: Head, lname: bytes) -> list[bytes]:
