@@ -14,20 +14,10 @@
  * hooks, the loopback or NIC hand-off) is taken once per run, which a profile had as most of sendmmsg's cost
  * (the in-process benchmark's send went from 4.2 to 1.2 µs per datagram). The datagrams that leave are the same.
  *
- * forward_clients(datagrams, start, clients, batch, socket_type) -> index
- * forward_peers(datagrams, start, allocation, batch, socket_type, destination_type) -> index
- *     The steady-state relaying of a burst `recv` returned, on the same Python objects the Python code uses
- *     (relay.shell.TurnUDPListener.datagramReceived with Allocation.on_client_channel_data, and
- *     Allocation.on_peer_datagram for a peer with a channel): from `start` on, each datagram that is plainly
- *     forwardable is queued on the batched socket it goes out of and counted on its allocation as the Python code
- *     would; at the first that is not (STUN, a Send indication, an unknown source, channel or peer, no permission,
- *     a short length, anything of an unexpected type) it stops and returns that datagram's index, which the caller
- *     hands to the Python handler before calling again: the order of effects is the order of datagrams.
- *     len(datagrams) when all went. Why C: a profile of a worker relaying ChannelData had a quarter of its CPU in
- *     the interpreter, most of it this path (a handler, two method calls, a dozen attribute look-ups per datagram).
+ * The relaying on the relay's Python objects (forward_clients, forward_peers, read, handle, flush) is in
+ * relay/_mmsg_relay.c; this file is the system calls.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_mmsg.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -35,7 +25,6 @@
 #include <string.h>
 #include <sys/socket.h>
 
-#define MAX_BATCH 64
 #define MAX_DATAGRAM 65536
 #define ADDRESS_CACHE 256
 /* UDP GSO (UDP_SEGMENT, Linux 4.18): consecutive datagrams of one size (the last may be shorter) to one address go
@@ -105,9 +94,7 @@ static PyObject *address_tuple(const struct sockaddr_storage *sa, socklen_t len)
     return tuple;
 }
 
-static PyObject *mmsg_recv(PyObject *self, PyObject *args) {
-    int fd, count;
-    if (!PyArg_ParseTuple(args, "ii", &fd, &count)) return NULL;
+PyObject *mmsg_receive(int fd, int count) {
     if (count < 1) count = 1;
     if (count > MAX_BATCH) count = MAX_BATCH;
     if (buffers == NULL) {
@@ -150,6 +137,12 @@ static PyObject *mmsg_recv(PyObject *self, PyObject *args) {
         PyList_SET_ITEM(out, i, item);
     }
     return out;
+}
+
+static PyObject *mmsg_recv(PyObject *self, PyObject *args) {
+    int fd, count;
+    if (!PyArg_ParseTuple(args, "ii", &fd, &count)) return NULL;
+    return mmsg_receive(fd, count);
 }
 
 /* (host, port) -> sockaddr; family is the socket's. 0 on success, -1 with a Python error set. */
@@ -216,10 +209,7 @@ static Py_ssize_t send_each(int fd, const struct msghdr *run) {
     return failed;
 }
 
-static PyObject *mmsg_send(PyObject *self, PyObject *args) {
-    int fd, family;
-    PyObject *items;
-    if (!PyArg_ParseTuple(args, "iiO!", &fd, &family, &PyList_Type, &items)) return NULL;
+Py_ssize_t mmsg_send_items(int fd, int family, PyObject *items) {
     Py_ssize_t total = PyList_GET_SIZE(items);
     Py_ssize_t failed = 0;
     struct mmsghdr messages[MAX_BATCH];
@@ -325,240 +315,17 @@ static PyObject *mmsg_send(PyObject *self, PyObject *args) {
         continue;
     error:
         for (int i = 0; i < held; i++) PyBuffer_Release(&views[i]);
-        return NULL;
-    }
-    return PyLong_FromSsize_t(failed);
-}
-
-/* --- forwarding (see the top of the file) --- */
-
-static PyObject *s_channels, *s_permissions, *s_relay, *s_multiplexer, *s_queue, *s_pending, *s_active,
-    *s_packets_from_client, *s_bytes_from_client, *s_packets_to_client, *s_bytes_to_client, *s_channel_of_peer,
-    *s_send, *s_pad, *s_endpoint, *s_addr;
-
-/* obj.name += delta, as Python's `+=` on an attribute does it. 0, or -1 with an error set. */
-static int add_to(PyObject *obj, PyObject *name, Py_ssize_t delta) {
-    PyObject *old = PyObject_GetAttr(obj, name);
-    if (old == NULL) return -1;
-    PyObject *step = PyLong_FromSsize_t(delta);
-    PyObject *sum = step ? PyNumber_InPlaceAdd(old, step) : NULL;
-    Py_DECREF(old);
-    Py_XDECREF(step);
-    if (sum == NULL) return -1;
-    int result = PyObject_SetAttr(obj, name, sum);
-    Py_DECREF(sum);
-    return result;
-}
-
-/* The write queue of `endpoint` if it is a batched socket of `socket_type` inside an active batch: what its
- * write (DatagramSocket._queue) appends to. A new reference, or NULL: not such a socket (no error), or an error. */
-static PyObject *batched_queue(PyObject *endpoint, PyObject *socket_type) {
-    if ((PyObject *)Py_TYPE(endpoint) != socket_type) return NULL;
-    PyObject *multiplexer = PyObject_GetAttr(endpoint, s_multiplexer);
-    if (multiplexer == NULL) return NULL;
-    int batched = multiplexer != Py_None;
-    Py_DECREF(multiplexer);
-    if (!batched) return NULL;
-    PyObject *queue = PyObject_GetAttr(endpoint, s_queue);
-    if (queue != NULL && !PyList_CheckExact(queue)) Py_CLEAR(queue);
-    return queue;
-}
-
-/* DatagramSocket._queue(data, addr) inside an active batch: the first datagram puts the socket on the pending
- * list. Steals neither reference. 0, or -1 with an error set. */
-static int enqueue(PyObject *queue, PyObject *endpoint, PyObject *pending, PyObject *data, PyObject *addr) {
-    if (PyList_GET_SIZE(queue) == 0 && PyList_Append(pending, endpoint) < 0) return -1;
-    PyObject *item = PyTuple_Pack(2, data, addr);
-    if (item == NULL) return -1;
-    int result = PyList_Append(queue, item);
-    Py_DECREF(item);
-    return result;
-}
-
-/* The batch's pending list if the batch is active (as DatagramSocket._queue checks): a new reference, or NULL
- * (not active, not a list: no error; or an error). */
-static PyObject *active_pending(PyObject *batch) {
-    PyObject *active = PyObject_GetAttr(batch, s_active);
-    if (active == NULL) return NULL;
-    int is_active = active == Py_True;
-    Py_DECREF(active);
-    if (!is_active) return NULL;
-    PyObject *pending = PyObject_GetAttr(batch, s_pending);
-    if (pending != NULL && !PyList_CheckExact(pending)) Py_CLEAR(pending);
-    return pending;
-}
-
-/* datagrams[i] as (data, addr) borrowed, if it is a (bytes, tuple) pair as `recv` makes them. */
-static int datagram_at(PyObject *datagrams, Py_ssize_t i, PyObject **data, PyObject **addr) {
-    PyObject *item = PyList_GET_ITEM(datagrams, i);
-    if (!PyTuple_CheckExact(item) || PyTuple_GET_SIZE(item) != 2) return 0;
-    *data = PyTuple_GET_ITEM(item, 0);
-    *addr = PyTuple_GET_ITEM(item, 1);
-    return PyBytes_CheckExact(*data) && PyTuple_CheckExact(*addr) && PyTuple_GET_SIZE(*addr) >= 1;
-}
-
-/* A borrowed dict attribute of obj (held by obj, which the caller holds), or NULL (no error if merely absent or
- * not exactly a dict). */
-static PyObject *dict_attr(PyObject *obj, PyObject *name) {
-    PyObject *value = PyObject_GetAttr(obj, name);
-    if (value == NULL) {
-        if (PyErr_ExceptionMatches(PyExc_AttributeError)) PyErr_Clear();
-        return NULL;
-    }
-    Py_DECREF(value);  /* obj keeps it alive: nothing in the loop runs Python code that could replace it */
-    return PyDict_CheckExact(value) ? value : NULL;
-}
-
-/* One client ChannelData, as datagramReceived + Allocation.on_client_channel_data relay it. 1 queued and counted,
- * 0 not plainly forwardable (Python's), -1 error. */
-static int forward_client(PyObject *data, PyObject *addr, PyObject *clients, PyObject *pending,
-                          PyObject *socket_type) {
-    const unsigned char *bytes = (const unsigned char *)PyBytes_AS_STRING(data);
-    Py_ssize_t size = PyBytes_GET_SIZE(data);
-    if (size < 4 || bytes[0] < 0x40 || bytes[0] > 0x7F) return 0;
-    PyObject *allocation = PyDict_GetItemWithError(clients, addr);
-    if (allocation == NULL) return PyErr_Occurred() ? -1 : 0;
-    Py_INCREF(allocation);
-    int result = 0;
-    PyObject *number = NULL, *relay = NULL, *queue = NULL, *payload = NULL;
-    PyObject *channels = dict_attr(allocation, s_channels);
-    PyObject *permissions = channels ? dict_attr(allocation, s_permissions) : NULL;
-    if (permissions == NULL) goto check;
-    number = PyLong_FromLong(bytes[0] << 8 | bytes[1]);
-    if (number == NULL) goto error;
-    PyObject *peer = PyDict_GetItemWithError(channels, number);  /* borrowed */
-    if (peer == NULL) goto check;
-    if (!PyTuple_CheckExact(peer) || PyTuple_GET_SIZE(peer) < 1) goto done;
-    int permitted = PyDict_Contains(permissions, PyTuple_GET_ITEM(peer, 0));
-    if (permitted < 0) goto error;
-    if (!permitted) goto done;
-    Py_ssize_t length = bytes[2] << 8 | bytes[3];
-    if (4 + length > size) goto done;  /* dropped and counted by the Python code */
-    relay = PyObject_GetAttr(allocation, s_relay);
-    if (relay == NULL) goto error;
-    queue = batched_queue(relay, socket_type);
-    if (queue == NULL) goto check;
-    Py_INCREF(peer);  /* the tuple append below may not run Python code, but keep it ours while we use it */
-    payload = PyBytes_FromStringAndSize((const char *)bytes + 4, length);
-    if (payload == NULL || enqueue(queue, relay, pending, payload, peer) < 0 ||
-        add_to(allocation, s_packets_from_client, 1) < 0 || add_to(allocation, s_bytes_from_client, length) < 0) {
-        Py_DECREF(peer);
-        goto error;
-    }
-    Py_DECREF(peer);
-    result = 1;
-    goto done;
-check:
-    result = PyErr_Occurred() ? -1 : 0;
-    goto done;
-error:
-    result = -1;
-done:
-    Py_XDECREF(number);
-    Py_XDECREF(relay);
-    Py_XDECREF(queue);
-    Py_XDECREF(payload);
-    Py_DECREF(allocation);
-    return result;
-}
-
-static PyObject *mmsg_forward_clients(PyObject *self, PyObject *args) {
-    PyObject *datagrams, *clients, *batch, *socket_type;
-    Py_ssize_t start;
-    if (!PyArg_ParseTuple(args, "O!nO!OO", &PyList_Type, &datagrams, &start, &PyDict_Type, &clients, &batch,
-                          &socket_type))
-        return NULL;
-    PyObject *pending = active_pending(batch);
-    if (pending == NULL) return PyErr_Occurred() ? NULL : PyLong_FromSsize_t(start);
-    Py_ssize_t i = start < 0 ? 0 : start;
-    for (; i < PyList_GET_SIZE(datagrams); i++) {
-        PyObject *data, *addr;
-        if (!datagram_at(datagrams, i, &data, &addr)) break;
-        int forwarded = forward_client(data, addr, clients, pending, socket_type);
-        if (forwarded < 0) {
-            Py_DECREF(pending);
-            return NULL;
-        }
-        if (!forwarded) break;
-    }
-    Py_DECREF(pending);
-    return PyLong_FromSsize_t(i);
-}
-
-/* One peer datagram, as Allocation.on_peer_datagram sends it to a client with a channel to that peer. 1 queued and
- * counted, 0 not plainly forwardable, -1 error. */
-static int forward_peer(PyObject *data, PyObject *peer, PyObject *allocation, PyObject *permissions,
-                        PyObject *channel_of_peer, int pad, PyObject *queue, PyObject *endpoint, PyObject *reply_to,
-                        PyObject *pending) {
-    int permitted = PyDict_Contains(permissions, PyTuple_GET_ITEM(peer, 0));
-    if (permitted <= 0) return permitted;
-    PyObject *number = PyDict_GetItemWithError(channel_of_peer, peer);
-    if (number == NULL) return PyErr_Occurred() ? -1 : 0;
-    long channel = PyLong_Check(number) ? PyLong_AsLong(number) : -1;
-    if (channel < 0 || channel > 0xFFFF) return PyErr_Occurred() ? -1 : 0;
-    Py_ssize_t length = PyBytes_GET_SIZE(data);
-    if (length > 0xFFFF) return 0;  /* encode_channel_data's struct.pack would raise: Python's to report */
-    Py_ssize_t padding = pad && length % 4 ? 4 - length % 4 : 0;  /* RFC 5766 11.5, as encode_channel_data */
-    PyObject *out = PyBytes_FromStringAndSize(NULL, 4 + length + padding);
-    if (out == NULL) return -1;
-    unsigned char *bytes = (unsigned char *)PyBytes_AS_STRING(out);
-    bytes[0] = (unsigned char)(channel >> 8);
-    bytes[1] = (unsigned char)channel;
-    bytes[2] = (unsigned char)(length >> 8);
-    bytes[3] = (unsigned char)length;
-    memcpy(bytes + 4, PyBytes_AS_STRING(data), (size_t)length);
-    memset(bytes + 4 + length, 0, (size_t)padding);
-    int result = enqueue(queue, endpoint, pending, out, reply_to);
-    Py_DECREF(out);
-    if (result < 0 || add_to(allocation, s_packets_to_client, 1) < 0 ||
-        add_to(allocation, s_bytes_to_client, length) < 0)
         return -1;
-    return 1;
+    }
+    return failed;
 }
 
-static PyObject *mmsg_forward_peers(PyObject *self, PyObject *args) {
-    PyObject *datagrams, *allocation, *batch, *socket_type, *destination_type;
-    Py_ssize_t start;
-    if (!PyArg_ParseTuple(args, "O!nOOOO", &PyList_Type, &datagrams, &start, &allocation, &batch, &socket_type,
-                          &destination_type))
-        return NULL;
-    Py_ssize_t i = start < 0 ? 0 : start;
-    int failed = 0;  /* an error while forwarding one (not merely unexpected objects up front): raised */
-    PyObject *pending = NULL, *send = NULL, *endpoint = NULL, *reply_to = NULL, *queue = NULL, *pad = NULL;
-    PyObject *permissions = dict_attr(allocation, s_permissions);
-    PyObject *channel_of_peer = permissions ? dict_attr(allocation, s_channel_of_peer) : NULL;
-    if (channel_of_peer == NULL) goto done;
-    /* The allocation's `send` must be a Destination (a UDP client through a batched listener), else Python. */
-    send = PyObject_GetAttr(allocation, s_send);
-    if (send == NULL || (PyObject *)Py_TYPE(send) != destination_type) goto done;
-    endpoint = PyObject_GetAttr(send, s_endpoint);
-    reply_to = endpoint ? PyObject_GetAttr(send, s_addr) : NULL;
-    queue = reply_to ? batched_queue(endpoint, socket_type) : NULL;
-    pad = queue ? PyObject_GetAttr(allocation, s_pad) : NULL;
-    pending = pad ? active_pending(batch) : NULL;
-    if (pending == NULL) goto done;
-    int padded = PyObject_IsTrue(pad);
-    if (padded < 0) goto done;
-    for (; i < PyList_GET_SIZE(datagrams); i++) {
-        PyObject *data, *peer;
-        if (!datagram_at(datagrams, i, &data, &peer)) break;
-        int forwarded = forward_peer(data, peer, allocation, permissions, channel_of_peer, padded, queue, endpoint,
-                                     reply_to, pending);
-        if (forwarded < 0) failed = 1;
-        if (forwarded <= 0) break;
-    }
-done:
-    Py_XDECREF(pending);
-    Py_XDECREF(send);
-    Py_XDECREF(endpoint);
-    Py_XDECREF(reply_to);
-    Py_XDECREF(queue);
-    Py_XDECREF(pad);
-    if (PyErr_Occurred()) {
-        if (failed || !PyErr_ExceptionMatches(PyExc_AttributeError)) return NULL;
-        PyErr_Clear();  /* not the objects this expects: every datagram from here is Python's */
-    }
-    return PyLong_FromSsize_t(i);
+static PyObject *mmsg_send(PyObject *self, PyObject *args) {
+    int fd, family;
+    PyObject *items;
+    if (!PyArg_ParseTuple(args, "iiO!", &fd, &family, &PyList_Type, &items)) return NULL;
+    Py_ssize_t failed = mmsg_send_items(fd, family, items);
+    return failed < 0 ? NULL : PyLong_FromSsize_t(failed);
 }
 
 static PyMethodDef methods[] = {
@@ -566,10 +333,14 @@ static PyMethodDef methods[] = {
     {"send", mmsg_send, METH_VARARGS,
      "send(fd, family, [(data, (host, port)), ...]) -> datagrams not sent, via sendmmsg(2)"},
     {"forward_clients", mmsg_forward_clients, METH_VARARGS,
-     "forward_clients(datagrams, start, clients, batch, socket_type) -> index of the first not forwarded"},
+     "forward_clients(clients, batch, socket_type, datagrams, start) -> index of the first not forwarded"},
     {"forward_peers", mmsg_forward_peers, METH_VARARGS,
-     "forward_peers(datagrams, start, allocation, batch, socket_type, destination_type) -> index of the first "
+     "forward_peers(allocation, batch, socket_type, destination_type, datagrams, start) -> index of the first "
      "not forwarded"},
+    {"handle", mmsg_handle, METH_VARARGS,
+     "handle(endpoint, datagrams, failed) -> len(datagrams): relayed by endpoint.forward or handed to its handler"},
+    {"read", mmsg_read, METH_VARARGS, "read(endpoint, failed) -> datagrams read (and handled) from endpoint.fd"},
+    {"flush", mmsg_flush, METH_VARARGS, "flush(batch, failed): send every pending socket's queue"},
     {NULL, NULL, 0, NULL},
 };
 
@@ -578,17 +349,6 @@ static struct PyModuleDef module = {
 };
 
 PyMODINIT_FUNC PyInit__mmsg(void) {
-    struct { PyObject **slot; const char *name; } names[] = {
-        {&s_channels, "channels"}, {&s_permissions, "permissions"}, {&s_relay, "relay"},
-        {&s_multiplexer, "multiplexer"}, {&s_queue, "queue"}, {&s_pending, "pending"}, {&s_active, "active"},
-        {&s_packets_from_client, "packets_from_client"}, {&s_bytes_from_client, "bytes_from_client"},
-        {&s_packets_to_client, "packets_to_client"}, {&s_bytes_to_client, "bytes_to_client"},
-        {&s_channel_of_peer, "channel_of_peer"}, {&s_send, "send"}, {&s_pad, "pad"}, {&s_endpoint, "endpoint"},
-        {&s_addr, "addr"},
-    };
-    for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
-        if (*names[i].slot == NULL && (*names[i].slot = PyUnicode_InternFromString(names[i].name)) == NULL)
-            return NULL;
-    }
+    if (mmsg_relay_init() < 0) return NULL;
     return PyModule_Create(&module);
 }

@@ -29,6 +29,7 @@ counted in `write_errors`, as a router would.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import select
 import socket
@@ -38,11 +39,14 @@ from collections.abc import Callable
 
 from twisted.internet.interfaces import IReadDescriptor
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 try:
     from relay import _mmsg
 except ImportError:  # not built (no compiler at install time) or not Linux: the pure-Python back-end
+    _mmsg = None
+if _mmsg is not None and not hasattr(_mmsg, "flush"):  # built from an older source: rebuild (pip install -e .)
     _mmsg = None
 
 __all__ = ["BACKENDS", "IP_MTU_DISCOVER", "IP_PMTUDISC_DO", "DatagramSocket", "Destination", "Forward",
@@ -108,19 +112,22 @@ class _Batch:
         self.pending: list[DatagramSocket] = []
 
     def flush(self) -> None:
-        pending = self.pending
-        self.pending = []
-        send = _mmsg.send  # type: ignore[union-attr]
-        for endpoint in pending:
-            queue = endpoint.queue
-            endpoint.queue = []
-            if endpoint.sock.fileno() < 0:
-                continue  # closed while its datagrams were queued: they go nowhere, as with a closed socket
-            try:
-                endpoint.write_errors += send(endpoint.fd, endpoint.family, queue)
-            except Exception:  # a bug upstream (not bytes, a port out of range): never out into the reactor
-                endpoint.write_errors += len(queue)
-                log.failure("sending {count} datagrams on {name}", count=len(queue), name=endpoint.name)
+        """Send each pending socket's queue (one sendmmsg each; relay/_mmsg_relay.c)."""
+        _mmsg.flush(self, _send_failed)  # type: ignore[union-attr]
+
+
+def _send_failed(endpoint: DatagramSocket, count: int, failure: Exception) -> None:
+    """A bug upstream (not bytes, a port out of range): logged, never out into the reactor; the queue is counted in
+    write_errors."""
+    log.failure("sending {count} datagrams on {name}", Failure(failure), count=count, name=endpoint.name)
+
+
+def _read_failed(endpoint: DatagramSocket, addr: Address | None, failure: Exception) -> None:
+    """A handler raised on the datagram from `addr` (only that one is lost), or the C relaying itself (None)."""
+    if addr is None:
+        log.failure("relaying datagrams on {name}", Failure(failure), name=endpoint.name)
+    else:
+        log.failure("handling a datagram from {addr} on {name}", Failure(failure), addr=addr, name=endpoint.name)
 
 
 _batch = _Batch()
@@ -232,27 +239,17 @@ class Destination:
 def client_forwarder(clients: dict) -> Forward | None:
     """The C relaying of ChannelData from the clients in `clients` ({address: allocation}, a listener's) as
     relay.shell.TurnUDPListener relays it; None where the extension is not built."""
-    forward_clients = getattr(_mmsg, "forward_clients", None)  # None: not built, or built before it had this
-    if forward_clients is None:
+    if _mmsg is None:
         return None
-
-    def forward(datagrams: list, start: int) -> int:
-        return forward_clients(datagrams, start, clients, _batch, DatagramSocket)
-
-    return forward
+    return functools.partial(_mmsg.forward_clients, clients, _batch, DatagramSocket)  # no Python frame per call
 
 
 def peer_forwarder(allocation) -> Forward | None:
     """The C relaying of permitted peers' datagrams with a channel to `allocation`'s client as
     `Allocation.on_peer_datagram` relays them (when its `send` is a `Destination`); None without the extension."""
-    forward_peers = getattr(_mmsg, "forward_peers", None)  # None: not built, or built before it had this
-    if forward_peers is None:
+    if _mmsg is None:
         return None
-
-    def forward(datagrams: list, start: int) -> int:
-        return forward_peers(datagrams, start, allocation, _batch, DatagramSocket, Destination)
-
-    return forward
+    return functools.partial(_mmsg.forward_peers, allocation, _batch, DatagramSocket, Destination)
 
 
 @implementer(IReadDescriptor)
@@ -329,47 +326,18 @@ class DatagramSocket:
                 batch.flush()
 
     def _read_burst(self) -> int:
-        """Read up to READ_BURST datagrams and hand each to the handler; how many were read."""
-        recv = _mmsg.recv  # type: ignore[union-attr]
-        try:
-            datagrams = recv(self.fd, READ_BURST)
-        except ConnectionRefusedError:  # an ICMP port-unreachable for something we sent earlier: read on
-            try:
-                datagrams = recv(self.fd, READ_BURST)
-            except OSError:
-                return 0
-        except OSError:
-            return 0
-        return self.handle_burst(datagrams)
+        """Read up to READ_BURST datagrams and relay them or hand each to the handler (`handle_burst`); how many
+        were read."""
+        return _mmsg.read(self, _read_failed)  # type: ignore[union-attr]
 
     def handle_burst(self, datagrams: list[tuple[bytes, Address]]) -> int:
-        """Relay or hand to the handler each of a burst read (inside a batch); how many there were."""
-        handler = self.handler
-        forward = self.forward
-        if forward is None:
-            for data, addr in datagrams:
-                try:
-                    handler(data, addr)
-                except Exception:
-                    log.failure("handling a datagram from {addr} on {name}", addr=addr, name=self.name)
-            return len(datagrams)
-        count = len(datagrams)
-        index = 0
-        while index < count:
-            try:
-                index = forward(datagrams, index)
-            except Exception:  # out of memory, or a bug: which datagrams went is unknown, so the rest is dropped
-                log.failure("relaying datagrams on {name}", name=self.name)
-                break
-            if index >= count:
-                break
-            data, addr = datagrams[index]
-            index += 1
-            try:
-                handler(data, addr)
-            except Exception:
-                log.failure("handling a datagram from {addr} on {name}", addr=addr, name=self.name)
-        return count
+        """Relay or hand to the handler each datagram of a burst (inside a batch); how many there were.
+
+        In C (relay/_mmsg_relay.c), as this did: `forward(datagrams, index)` relays what it can and returns where
+        it stopped, the handler gets that datagram, and so on. An exception from the handler is logged and loses
+        only its datagram; one from forward (out of memory) the rest of the burst, as which of it went is unknown.
+        """
+        return _mmsg.handle(self, datagrams, _read_failed)  # type: ignore[union-attr]
 
     def _sendto(self, data: bytes, addr: Address) -> None:
         try:
