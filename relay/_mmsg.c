@@ -24,6 +24,7 @@
 #include <netinet/in.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #define MAX_DATAGRAM 65536
 #define ADDRESS_CACHE 256
@@ -348,7 +349,19 @@ static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "relay._mmsg", "recvmmsg/sendmmsg for the relay's UDP sockets (Linux).", -1, methods,
 };
 
+/* Whether this kernel has UDP GSO (Linux 4.18): an older one would ignore the UDP_SEGMENT control message and send
+ * a run as one datagram, so it must not be asked. */
+static int gso_supported(void) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0), size = 0;
+    if (fd < 0) return 0;
+    socklen_t length = sizeof(size);
+    int known = getsockopt(fd, SOL_UDP, UDP_SEGMENT, &size, &length) == 0;
+    close(fd);
+    return known;
+}
+
 PyMODINIT_FUNC PyInit__mmsg(void) {
     if (mmsg_relay_init() < 0) return NULL;
+    gso_off = !gso_supported();
     return PyModule_Create(&module);
 }
