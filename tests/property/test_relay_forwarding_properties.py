@@ -81,6 +81,9 @@ class Side:
             if not fast:
                 endpoint.forward = None
             endpoint.handler = self.counting(endpoint.handler)
+        # Compared from here: a stray datagram from another process on this machine to a port just reused (read
+        # while the setup's requests were answered) must not make the two sides differ.
+        self.baseline = self.totals()
 
     def counting(self, handler):
         def handle(data, addr):
@@ -133,10 +136,16 @@ class Side:
         batch.pending = []
         return out
 
+    def totals(self) -> dict:
+        return {**{f"stats {key}": value for key, value in self.relay.core.stats.items()},
+                **{f"client {k} {name}": getattr(allocation, name)
+                   for k, allocation in enumerate(self.allocations) for name in COUNTERS}}
+
     def counters(self) -> dict:
-        return {"stats": dict(self.relay.core.stats),
-                **{f"client {k}": [getattr(allocation, name) for name in COUNTERS]
-                   for k, allocation in enumerate(self.allocations)}}
+        """What the bursts so far changed: the core's counters and the allocations'."""
+        baseline = self.baseline
+        return {key: value - baseline.get(key, 0) for key, value in self.totals().items()
+                if value != baseline.get(key, 0)}
 
 
 def normal(data: bytes) -> tuple:
