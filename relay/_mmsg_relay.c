@@ -96,16 +96,15 @@ static int datagram_at(PyObject *datagrams, Py_ssize_t i, PyObject **data, PyObj
     return PyBytes_CheckExact(*data) && PyTuple_CheckExact(*addr) && PyTuple_GET_SIZE(*addr) >= 1;
 }
 
-/* A borrowed dict attribute of obj (held by obj, which the caller holds), or NULL (no error if merely absent or
- * not exactly a dict). */
+/* A dict attribute of obj (a new reference), or NULL: no error if merely absent or not exactly a dict. */
 static PyObject *dict_attr(PyObject *obj, PyObject *name) {
     PyObject *value = PyObject_GetAttr(obj, name);
     if (value == NULL) {
         if (PyErr_ExceptionMatches(PyExc_AttributeError)) PyErr_Clear();
         return NULL;
     }
-    Py_DECREF(value);  /* obj keeps it alive: nothing in the loop runs Python code that could replace it */
-    return PyDict_CheckExact(value) ? value : NULL;
+    if (!PyDict_CheckExact(value)) Py_CLEAR(value);
+    return value;
 }
 
 /* One client ChannelData, as datagramReceived + Allocation.on_client_channel_data relay it. 1 queued and counted,
@@ -122,10 +121,11 @@ static int forward_client(PyObject *data, PyObject *addr, PyObject *clients, PyO
     PyObject *number = NULL, *relay = NULL, *queue = NULL, *payload = NULL;
     PyObject *channels = dict_attr(allocation, s_channels);
     PyObject *permissions = channels ? dict_attr(allocation, s_permissions) : NULL;
+    PyObject *peer = NULL;
     if (permissions == NULL) goto check;
     number = PyLong_FromLong(bytes[0] << 8 | bytes[1]);
     if (number == NULL) goto error;
-    PyObject *peer = PyDict_GetItemWithError(channels, number);  /* borrowed */
+    peer = PyDict_GetItemWithError(channels, number);  /* borrowed */
     if (peer == NULL) goto check;
     if (!PyTuple_CheckExact(peer) || PyTuple_GET_SIZE(peer) < 1) goto done;
     int permitted = PyDict_Contains(permissions, PyTuple_GET_ITEM(peer, 0));
@@ -153,6 +153,8 @@ check:
 error:
     result = -1;
 done:
+    Py_XDECREF(channels);
+    Py_XDECREF(permissions);
     Py_XDECREF(number);
     Py_XDECREF(relay);
     Py_XDECREF(queue);
@@ -247,6 +249,8 @@ PyObject *mmsg_forward_peers(PyObject *self, PyObject *args) {
         if (forwarded <= 0) break;
     }
 done:
+    Py_XDECREF(permissions);
+    Py_XDECREF(channel_of_peer);
     Py_XDECREF(pending);
     Py_XDECREF(send);
     Py_XDECREF(endpoint);
