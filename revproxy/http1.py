@@ -224,9 +224,10 @@ def parse_response(data: bytes, request_method: bytes) -> Head:
     head.names = names = _FIELD_NAME.findall(lower)
     if len(names) != lines:
         raise HTTPError(502, "malformed header line")
-    head.version = b"1.1" if m.group(1) == b"1" else b"1.0"
-    head.status = status = int(m.group(2))
-    head.reason = m.group(3) or b""
+    minor, status_text, reason = m.groups()  # (one call for the three)
+    head.version = b"1.1" if minor == b"1" else b"1.0"
+    head.status = status = int(status_text)
+    head.reason = reason or b""
     head.block = block
     n = names.count(b"content-length")
     lengths = [_only_value(block, lower, b"\r\ncontent-length:")] if n == 1 else \
@@ -285,10 +286,17 @@ def field_values(head: Head, lname: bytes) -> list[bytes]:
 def block_without(head: Head, drop: frozenset[bytes] | set[bytes]) -> bytes:
     """The response's header block with the fields named in `drop` (lowercase) cut out; copied whole when none
     of them is there. Only the dropped lines are looked for, never every line."""
-    present = drop.intersection(head.names)
+    names = head.names
+    present = drop.intersection(names)
     if not present:
         return head.block
     block, lower = head.block, head.lower
+    if len(present) == 1:
+        (lname,) = present
+        if names.count(lname) == 1:  # one line to cut, the usual case (a response's Connection): no list, no sort
+            start = lower.find(b"\r\n" + lname + b":")
+            end = lower.find(b"\r\n", start + 2)
+            return block[:start] + block[end:] if end >= 0 else block[:start]
     cuts = []
     for lname in present:
         key = b"\r\n" + lname + b":"

@@ -60,3 +60,16 @@ def test_the_connection_tokens_are_those_of_every_connection_field(fields):
     tokens = {t.strip().lower() for f in fields if f.lower().startswith(b"connection:")
               for t in f.partition(b":")[2].split(b",")}
     assert head.connection == frozenset(tokens)
+
+
+_FIELDS = st.sampled_from([b"X-A: 1", b"Connection: keep-alive", b"connection: close", b"Keep-Alive: timeout=5",
+                           b"Content-Length: 5", b"Server: n", b"TE: trailers", b"X-Hop: v"])
+_DROPS = st.sets(st.sampled_from([b"connection", b"keep-alive", b"te", b"x-hop", b"content-length", b"absent"]))
+
+
+@given(st.lists(_FIELDS, max_size=6), _DROPS)
+def test_block_without_cuts_exactly_the_lines_of_the_dropped_fields(fields, drop):
+    block = b"".join(b"\r\n" + f for f in fields)
+    head = http1.parse_response(b"HTTP/1.1 200 OK" + block, b"GET")
+    kept = b"".join(b"\r\n" + f for f in fields if f.partition(b":")[0].lower() not in drop)
+    assert http1.block_without(head, frozenset(drop)) == kept
