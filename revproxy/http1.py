@@ -95,7 +95,7 @@ class Head:
 def _fields(lines: list[bytes], head: Head, error_status: int, clean: bool = False,
             ) -> tuple[list[bytes], list[bytes], int]:
     """Parse header lines into head.fields; return (Content-Length values, Transfer-Encoding values, the number of
-    Host fields). `clean`: the caller found no control character anywhere in the lines (see `_split_head`)."""
+    Host fields). `clean`: the caller found no control character anywhere in the lines (see `parse_request`)."""
     lengths: list[bytes] = []
     encodings: list[bytes] = []
     hosts = 0
@@ -138,23 +138,17 @@ def _content_length(values: list[bytes], error_status: int) -> int:
     return int(text)
 
 
-def _split_head(data: bytes, error_status: int) -> tuple[list[bytes], bool]:
-    """The head's lines, and True when it is known to hold no control character at all but its CRLFs (then no field
-    value needs its own check)."""
-    # With every CRLF taken out (the same left-to-right pairing as the split), any CR or LF left is a bare one, as
-    # is any other control character: one C-level pass for the whole head, the finer tests only when it finds one.
-    joined = data.replace(b"\r\n", b"")
-    lines = data.split(b"\r\n")
-    if len(lines) > 2 and 0 not in joined.translate(_VALUE_CHECK):  # (from two fields on, this pass costs less)
-        return lines, True
-    if LF in joined or CR in joined:
-        raise HTTPError(error_status, "bare CR or LF in the head")
-    return lines, False
-
-
 def parse_request(data: bytes) -> Head:
     """`data`: the request head without its final blank line (CRLF CRLF)."""
-    lines, clean = _split_head(data, 400)
+    # With every CRLF taken out (the same left-to-right pairing as the split), any CR or LF left is a bare one, as
+    # is any other control character: one C-level pass for the whole head, the finer tests only when it finds one.
+    # `clean`: no control character anywhere but the CRLFs, so no field value needs its own check (worth its pass
+    # from two fields on).
+    joined = data.replace(b"\r\n", b"")
+    lines = data.split(b"\r\n")
+    clean = len(lines) > 2 and 0 not in joined.translate(_VALUE_CHECK)
+    if not clean and (LF in joined or CR in joined):
+        raise HTTPError(400, "bare CR or LF in the head")
     parts = lines[0].split(b" ")
     if len(parts) != 3:
         raise HTTPError(400, "malformed request line")
