@@ -162,16 +162,23 @@ class TLSConnection(Protocol):
                 piece = tls.read(_READ)
             except ssl.SSLWantReadError:
                 break
-            except ssl.SSLZeroReturnError:  # the peer's close_notify: answer it and close
-                self._deliver(pieces)
-                self._shutdown()
-                return
+            except ssl.SSLZeroReturnError:  # the peer's close_notify after ours: nothing more to say
+                piece = b""
             except ssl.SSLError:
                 self._deliver(pieces)
                 self._tls_failed(Failure())
                 return
-            if piece:
-                pieces.append(piece)
+            if not piece:
+                # The peer's close_notify (the stdlib returns it as b"" while ours is unsent): it says nothing more,
+                # so answer it and close. Waiting for its FIN instead would hold the connection as long as a
+                # client that half-closes TLS keeps TCP open. A clean end whether or not our answer still reaches
+                # a peer that has already closed its socket.
+                self._deliver(pieces)
+                if self.reason is None:
+                    self.reason = Failure(error.ConnectionDone())
+                self._shutdown()
+                return
+            pieces.append(piece)
         if pieces:  # (the wrapped protocol may end the connection: tls_done is looked at after)
             self.wrapped.dataReceived(pieces[0] if len(pieces) == 1 else b"".join(pieces))
             if self.tls_done:

@@ -235,6 +235,34 @@ def test_the_peers_close_notify_is_answered_and_ends_the_connection(reactor, pki
     assert client.built[0].lost.check(error.ConnectionDone), client.built[0].lost
 
 
+def test_a_close_notify_from_a_peer_that_keeps_tcp_open_is_answered_at_once(reactor, pki):
+    """A peer that sends close_notify and waits for ours (TCP still open, as `unwrap` does) gets it and the FIN:
+    without the answer the connection would stay until the peer gave up or a timeout closed it."""
+    server, _, port = serve(reactor, pki)
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        ctx = pki.client_context()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as raw:
+            s = ctx.wrap_socket(raw, server_hostname="localhost")
+            s.sendall(b"last words")
+            try:
+                plain = s.unwrap()  # sends our close_notify, then waits for the server's
+            except (OSError, ssl.SSLError) as e:
+                result["end"] = type(e).__name__
+                return
+            result["end"] = "answered"
+            result["fin"] = plain.recv(1) == b""  # and then the server's FIN on the bare TCP stream
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    spin(reactor, lambda: not thread.is_alive())
+    spin(reactor, lambda: bool(server.built) and server.built[0].lost is not None)
+    assert result == {"end": "answered", "fin": True}
+    assert bytes(server.built[0].data) == b"last words"
+    assert server.built[0].lost.check(error.ConnectionDone), server.built[0].lost
+
+
 def test_reload_gives_new_connections_the_new_certificate_and_keeps_open_ones(reactor, pki, tmp_path):
     server, server_tls, port = serve(reactor, pki)
     first = connect(reactor, pki, port)
