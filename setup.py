@@ -14,5 +14,7 @@ ext_modules = []
 if sys.platform.startswith("linux"):
     ext_modules.append(Extension("relay._mmsg", ["relay/_mmsg.c", "relay/_mmsg_relay.c"], depends=["relay/_mmsg.h"],
                                  optional=True, extra_compile_args=["-O2"]))
+# revproxy._http1: a node's response head parsed in C (revproxy/http1.py falls back to Python without it)
+ext_modules.append(Extension("revproxy._http1", ["revproxy/_http1.c"], optional=True, extra_compile_args=["-O2"]))
 
 setup(ext_modules=ext_modules)

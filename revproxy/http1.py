@@ -8,6 +8,7 @@ are `HTTPError(431)`. The proxy always re-frames bodies itself, so what reaches 
 
 from __future__ import annotations
 
+import os
 import re
 
 MAX_HEAD = 16 * 1024  # request line + headers, as nginx's large_client_header_buffers
@@ -201,8 +202,10 @@ def origin_form(target: bytes, method: bytes) -> bytes:
     raise HTTPError(400, "malformed request target")
 
 
-def parse_response(data: bytes, request_method: bytes) -> Head:
-    """A node's response head (without the final CRLF CRLF); a bad one is HTTPError(502).
+def parse_response_python(data: bytes, request_method: bytes) -> Head:
+    """A node's response head (without the final CRLF CRLF); a bad one is HTTPError(502). The reference
+    implementation: `parse_response` is revproxy/_http1.c's where it is built (the same Head, the same verdicts;
+    it hands this function every head it does not decide itself), else this one.
 
     Only the fields that frame the message are looked at; the rest of the block is kept as sent."""
     eol = data.find(b"\r\n")
@@ -251,6 +254,19 @@ def parse_response(data: bytes, request_method: bytes) -> Head:
     else:
         head.framing = UNTIL_CLOSE
     return head
+
+
+PARSER = "python"
+parse_response = parse_response_python
+if os.environ.get("RPTURN_HTTP_PARSER", "") != "python":
+    try:
+        from revproxy import _http1
+    except ImportError:  # (no C compiler where it was installed: the Python parser, slower but the same)
+        pass
+    else:
+        _http1.configure(Head, _KEEP_ALIVE, parse_response_python)
+        PARSER = "c"
+        parse_response = _http1.parse_response
 
 
 def _only_value(block: bytes, lower: bytes, key: bytes) -> bytes:
