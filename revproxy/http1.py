@@ -256,19 +256,6 @@ def parse_response_python(data: bytes, request_method: bytes) -> Head:
     return head
 
 
-PARSER = "python"
-parse_response = parse_response_python
-if os.environ.get("RPTURN_HTTP_PARSER", "") != "python":
-    try:
-        from revproxy import _http1
-    except ImportError:  # (no C compiler where it was installed: the Python parser, slower but the same)
-        pass
-    else:
-        _http1.configure(Head, _KEEP_ALIVE, parse_response_python)
-        PARSER = "c"
-        parse_response = _http1.parse_response
-
-
 def _only_value(block: bytes, lower: bytes, key: bytes) -> bytes:
     """The value of the one field whose line starts with `key` (CRLF, lowercase name, colon): `field_values`
     without its search for more lines and its list, for the fields a response usually has once."""
@@ -293,9 +280,10 @@ def field_values(head: Head, lname: bytes) -> list[bytes]:
     return out
 
 
-def block_without(head: Head, drop: frozenset[bytes] | set[bytes]) -> bytes:
+def block_without_python(head: Head, drop: frozenset[bytes] | set[bytes]) -> bytes:
     """The response's header block with the fields named in `drop` (lowercase) cut out; copied whole when none
-    of them is there. Only the dropped lines are looked for, never every line."""
+    of them is there. Only the dropped lines are looked for, never every line. The reference implementation, as
+    `parse_response_python`: `block_without` is revproxy/_http1.c's where it is built."""
     names = head.names
     present = drop.intersection(names)
     if not present:
@@ -324,6 +312,21 @@ def block_without(head: Head, drop: frozenset[bytes] | set[bytes]) -> bytes:
         at = end
     kept.append(block[at:])
     return b"".join(kept)
+
+
+PARSER = "python"
+parse_response = parse_response_python
+block_without = block_without_python
+if os.environ.get("RPTURN_HTTP_PARSER", "") != "python":
+    try:
+        from revproxy import _http1
+
+        _http1.configure(Head, _KEEP_ALIVE, parse_response_python, block_without_python)
+    except (ImportError, TypeError):  # (no C compiler where it was installed, or a stale build: Python, the same)
+        pass
+    else:
+        PARSER = "c"
+        parse_response, block_without = _http1.parse_response, _http1.block_without
 
 
 class BodyReader:

@@ -1,5 +1,5 @@
 """revproxy/_http1.c's parse_response and the pure-Python reference give the same outcome for any response head:
-the same Head (every slot) or the same HTTPError (status and detail).
+the same Head (every slot) or the same HTTPError (status and detail); and their block_without cut the same lines.
 
 Heads: well-formed ones built from the fields that frame a response (Content-Length small, huge, negative, listed,
 doubled; Transfer-Encoding; Connection lists; Upgrade) and others with odd names and values, every status code,
@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from revproxy import _http1, http1
-from tests.support.strategies import mutated
+from tests.support.strategies import mutated, scaled
 
 _SLOTS = http1.Head.__slots__
 _METHODS = st.sampled_from([b"GET", b"HEAD", b"CONNECT", b"POST", b"head", b""])
@@ -102,7 +102,35 @@ def test_c_decides_the_common_heads_itself(fields, framing, connection, status, 
     assert outcome(lambda d, m: decided, data, method) == outcome(http1.parse_response_python, data, method)
 
 
+_DROPPED = [b"connection", b"keep-alive", b"te", b"x-hop", b"content-length", b"upgrade", b"server", b"absent",
+            b"Connection", b""]
+_DROP_NAMES = st.sampled_from(_DROPPED)
+
+
+@scaled(0.5)
+@given(_ANY_HEAD, st.data())
+def test_c_and_python_cut_the_same_lines_from_a_block(data, draw):
+    try:
+        head = http1.parse_response_python(data, b"GET")
+    except http1.HTTPError:
+        return
+    drop = draw.draw(st.one_of(st.sets(_DROP_NAMES), st.sets(st.sampled_from(head.names or [b"x"])),
+                               st.frozensets(st.sampled_from([*head.names, *_DROPPED]))))
+    expected = http1.block_without_python(head, drop)
+    assert _http1.block_without(head, drop) == expected
+    assert _http1.block_without(_http1.decide(data, b"GET") or head, drop) == expected
+
+
+def test_block_without_leaves_a_head_whose_names_do_not_match_its_block_to_python():
+    head = http1.parse_response_python(b"HTTP/1.1 200 OK\r\nX-A: 1\r\nX-B: 2\r\nConnection: close", b"GET")
+    head.names = [b"x-b", b"x-a", b"connection"]  # (not parse_response's: Python's search by name decides)
+    assert _http1.block_without(head, {b"x-b"}) == b"\r\nX-A: 1\r\nConnection: close"
+    head.names = [b"x-a", b"connection"]
+    assert _http1.block_without(head, {b"connection"}) == b"\r\nX-A: 1\r\nX-B: 2"
+
+
 def test_the_proxy_uses_the_c_parser():
     """(the Python one where the extension is not built or RPTURN_HTTP_PARSER=python: tests/unit/
     test_revproxy_http1_parsers.py runs the unit tests that way)"""
     assert http1.PARSER == "c" and http1.parse_response is _http1.parse_response
+    assert http1.block_without is _http1.block_without
