@@ -1,11 +1,14 @@
-/* A node's response head parsed in C for revproxy.http1.parse_response: the same Head, the same verdicts.
+/* A node's response head and a client's request head parsed in C for revproxy.http1.parse_response and
+ * parse_request: the same Head, the same verdicts.
  *
- * configure(Head, keep_alive, parse_response, block_without)
+ * configure(Head, keep_alive, parse_response, block_without, parse_request)
  *                                         once, from revproxy/http1.py: the Head class (its slots are filled
  *                                         directly), the shared {b"keep-alive"} frozenset, and the pure-Python
  *                                         functions this module hands what it does not decide
  * decide(data, method) -> Head | None     the common head decided here; None: "not mine" (the tests use it)
  * parse_response(data, method) -> Head    decide(), else the Python fallback (which also raises every HTTPError)
+ * decide_request(data) -> Head | None    the same for a client's request head
+ * parse_request(data) -> Head             decide_request(), else the Python parse_request (and its HTTPErrors)
  * block_without(head, drop) -> bytes      a response's block without the lines of the fields named in `drop`, in
  *                                         one pass (Python's for a Head whose names do not match its block)
  *
@@ -34,6 +37,7 @@ static PyObject *head_type;   /* revproxy.http1.Head */
 static PyObject *keep_alive;  /* http1._KEEP_ALIVE, the shared frozenset({b"keep-alive"}) */
 static PyObject *fallback;    /* the pure-Python parse_response */
 static PyObject *fallback_without;  /* the pure-Python block_without */
+static PyObject *fallback_request;  /* the pure-Python parse_request */
 static PyObject *version_11, *version_10, *empty_frozenset;
 
 /* Head's slots, as offsets into the instance (read from its member descriptors in configure) */
@@ -302,6 +306,151 @@ error:
     return NULL;
 }
 
+/* A client's request head, as http1.parse_request_python parses it, for the plain common case only: NULL without
+ * an exception for "not mine" (Python decides, and raises every HTTPError), NULL with one for an error.
+ * Decided here: "token SP /target SP HTTP/1.x" (the target visible ASCII but '#', starting with '/'; not CONNECT),
+ * then lines "\r\n" token ":" value with no control byte but HTAB, among them at most one Host (exactly one for
+ * HTTP/1.1) and at most one Connection. Any other Host count, any Content-Length, Transfer-Encoding or Upgrade
+ * field, a bare CR or LF, an empty or odd line: Python's. */
+static PyObject *decide_request(PyObject *data) {
+    if (head_type == NULL || !PyBytes_CheckExact(data))
+        return NULL;
+    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
+    Py_ssize_t n = PyBytes_GET_SIZE(data);
+
+    /* request line */
+    Py_ssize_t pos = 0;
+    while (pos < n && token_char[p[pos]])
+        pos++;
+    Py_ssize_t method_end = pos;
+    if (method_end == 0 || pos >= n || p[pos] != ' ')
+        return NULL;
+    if (method_end == 7 && memcmp(p, "CONNECT", 7) == 0)
+        return NULL;
+    Py_ssize_t target = ++pos;
+    while (pos < n && p[pos] > 0x20 && p[pos] < 0x7f && p[pos] != '#')
+        pos++;
+    Py_ssize_t target_end = pos;
+    if (target_end == target || p[target] != '/' || pos >= n || p[pos] != ' ')
+        return NULL;
+    pos++;
+    if (n - pos < 8 || memcmp(p + pos, "HTTP/1.", 7) != 0 || (p[pos + 7] != '0' && p[pos + 7] != '1'))
+        return NULL;
+    int v11 = p[pos + 7] == '1';
+    pos += 8;
+    if (pos < n && (pos + 1 >= n || p[pos] != '\r' || p[pos + 1] != '\n'))
+        return NULL;
+
+    /* fields */
+    PyObject *fields = PyList_New(0);
+    if (fields == NULL)
+        return NULL;
+    int hosts = 0, connections = 0;
+    Span connection = {0, 0};
+    while (pos < n) {
+        /* here p[pos] is the CR of a CRLF: the request line's, or the one the previous value stopped at */
+        if (pos + 1 >= n || p[pos] != '\r' || p[pos + 1] != '\n')
+            goto not_mine;
+        pos += 2;
+        Py_ssize_t name = pos;
+        while (pos < n && token_char[p[pos]])
+            pos++;
+        if (pos == name || pos >= n || p[pos] != ':')
+            goto not_mine;
+        Py_ssize_t name_end = pos++;
+        Py_ssize_t value = pos;
+        while (pos < n && p[pos] != '\r') {
+            if (value_bad[p[pos]])
+                goto not_mine;
+            pos++;
+        }
+        Span v = {value, pos};
+        while (v.start < v.end && is_space(p[v.start]))
+            v.start++;
+        while (v.end > v.start && is_space(p[v.end - 1]))
+            v.end--;
+        Py_ssize_t len = name_end - name;
+        PyObject *lname = PyBytes_FromStringAndSize(NULL, len);
+        if (lname == NULL)
+            goto error;
+        unsigned char *ln = (unsigned char *)PyBytes_AS_STRING(lname);
+        for (Py_ssize_t i = 0; i < len; i++)
+            ln[i] = lower_ascii(p[name + i]);
+        if ((len == 14 && memcmp(ln, "content-length", 14) == 0) ||
+            (len == 17 && memcmp(ln, "transfer-encoding", 17) == 0) || (len == 7 && memcmp(ln, "upgrade", 7) == 0)) {
+            Py_DECREF(lname);
+            goto not_mine;
+        }
+        if (len == 4 && memcmp(ln, "host", 4) == 0) {
+            hosts++;
+        } else if (len == 10 && memcmp(ln, "connection", 10) == 0) {
+            connections++;
+            connection = v;
+        }
+        PyObject *field = PyTuple_New(3);
+        if (field == NULL) {
+            Py_DECREF(lname);
+            goto error;
+        }
+        PyTuple_SET_ITEM(field, 0, lname);  /* (stolen; the tuple owns each item from here) */
+        PyObject *sent = PyBytes_FromStringAndSize((const char *)p + name, len);
+        PyObject *val = PyBytes_FromStringAndSize((const char *)p + v.start, v.end - v.start);
+        if (sent == NULL || val == NULL) {
+            Py_XDECREF(sent);
+            Py_XDECREF(val);
+            Py_DECREF(field);
+            goto error;
+        }
+        PyTuple_SET_ITEM(field, 1, sent);
+        PyTuple_SET_ITEM(field, 2, val);
+        int failed = PyList_Append(fields, field);
+        Py_DECREF(field);
+        if (failed)
+            goto error;
+    }
+    if (hosts > 1 || (v11 && hosts == 0) || connections > 1)
+        goto not_mine;
+
+    PyObject *vals[S_COUNT] = {NULL};
+    if (connections) {
+        vals[S_CONNECTION] = connection_tokens(p, connection);
+    } else {
+        Py_INCREF(empty_frozenset);
+        vals[S_CONNECTION] = empty_frozenset;
+    }
+    vals[S_BLOCK] = PyBytes_FromStringAndSize(NULL, 0);
+    vals[S_CLEAN_LENGTH] = PyBool_FromLong(0);
+    vals[S_FIELDS] = fields;
+    fields = NULL;
+    vals[S_FRAMING] = PyLong_FromLong(NONE);
+    vals[S_LENGTH] = PyLong_FromLong(0);
+    vals[S_LOWER] = PyBytes_FromStringAndSize(NULL, 0);
+    vals[S_METHOD] = PyBytes_FromStringAndSize((const char *)p, method_end);
+    vals[S_NAMES] = PyList_New(0);
+    vals[S_REASON] = PyBytes_FromStringAndSize(NULL, 0);
+    vals[S_STATUS] = PyLong_FromLong(0);
+    vals[S_TARGET] = PyBytes_FromStringAndSize((const char *)p + target, target_end - target);
+    vals[S_UPGRADE] = PyBytes_FromStringAndSize(NULL, 0);
+    vals[S_VERSION] = v11 ? version_11 : version_10;
+    Py_INCREF(vals[S_VERSION]);
+    for (int i = 0; i < S_COUNT; i++)
+        if (vals[i] == NULL) {
+            for (int j = 0; j < S_COUNT; j++)
+                Py_XDECREF(vals[j]);
+            return NULL;
+        }
+    return new_head(vals);
+
+not_mine:
+    Py_DECREF(fields);
+    return NULL;
+error:
+    Py_DECREF(fields);
+    if (!PyErr_Occurred())
+        PyErr_NoMemory();
+    return NULL;
+}
+
 /* A response Head's block without the lines whose (lowercase) name is in `drop`; NULL without an exception when
  * the head is not one parse_response made (its names do not match its block's lines line by line): Python's. */
 static PyObject *without(PyObject *head, PyObject *drop) {
@@ -414,11 +563,40 @@ static PyObject *py_parse_response(PyObject *self, PyObject *const *args, Py_ssi
     return PyObject_Vectorcall(fallback, args, nargs, NULL);
 }
 
+static PyObject *py_decide_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "decide_request(data)");
+        return NULL;
+    }
+    PyObject *head = decide_request(args[0]);
+    if (head == NULL && !PyErr_Occurred())
+        Py_RETURN_NONE;
+    return head;
+}
+
+static PyObject *py_parse_request(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    (void)self;
+    if (nargs != 1) {
+        PyErr_SetString(PyExc_TypeError, "parse_request(data)");
+        return NULL;
+    }
+    PyObject *head = decide_request(args[0]);
+    if (head != NULL || PyErr_Occurred())
+        return head;
+    if (fallback_request == NULL) {
+        PyErr_SetString(PyExc_RuntimeError, "revproxy._http1 is not configured");
+        return NULL;
+    }
+    return PyObject_Vectorcall(fallback_request, args, nargs, NULL);
+}
+
 static PyObject *py_configure(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     (void)self;
-    if (nargs != 4 || !PyType_Check(args[0]) || !PyFrozenSet_Check(args[1]) || !PyCallable_Check(args[2]) ||
-        !PyCallable_Check(args[3])) {
-        PyErr_SetString(PyExc_TypeError, "configure(Head, keep_alive, parse_response, block_without)");
+    if (nargs != 5 || !PyType_Check(args[0]) || !PyFrozenSet_Check(args[1]) || !PyCallable_Check(args[2]) ||
+        !PyCallable_Check(args[3]) || !PyCallable_Check(args[4])) {
+        PyErr_SetString(PyExc_TypeError,
+                        "configure(Head, keep_alive, parse_response, block_without, parse_request)");
         return NULL;
     }
     PyTypeObject *type = (PyTypeObject *)args[0];
@@ -442,6 +620,8 @@ static PyObject *py_configure(PyObject *self, PyObject *const *args, Py_ssize_t 
     Py_INCREF(args[1]);
     Py_INCREF(args[2]);
     Py_INCREF(args[3]);
+    Py_INCREF(args[4]);
+    Py_XSETREF(fallback_request, args[4]);
     Py_XSETREF(fallback_without, args[3]);
     Py_XSETREF(head_type, args[0]);
     Py_XSETREF(keep_alive, args[1]);
@@ -457,6 +637,10 @@ static PyMethodDef methods[] = {
      "decide(data, method) -> Head | None: the head when this module decides it, None to leave it to Python"},
     {"parse_response", (PyCFunction)(void (*)(void))py_parse_response, METH_FASTCALL,
      "parse_response(data, request_method) -> Head: as revproxy.http1's Python parse_response"},
+    {"decide_request", (PyCFunction)(void (*)(void))py_decide_request, METH_FASTCALL,
+     "decide_request(data) -> Head | None: the request head when this module decides it, None to leave it to Python"},
+    {"parse_request", (PyCFunction)(void (*)(void))py_parse_request, METH_FASTCALL,
+     "parse_request(data) -> Head: as revproxy.http1's Python parse_request"},
     {"block_without", (PyCFunction)(void (*)(void))py_without, METH_FASTCALL,
      "block_without(head, drop) -> bytes: as revproxy.http1's Python block_without"},
     {NULL, NULL, 0, NULL},

@@ -139,8 +139,10 @@ def _content_length(values: list[bytes], error_status: int) -> int:
     return int(text)
 
 
-def parse_request(data: bytes) -> Head:
-    """`data`: the request head without its final blank line (CRLF CRLF)."""
+def parse_request_python(data: bytes) -> Head:
+    """`data`: the request head without its final blank line (CRLF CRLF). The reference implementation:
+    `parse_request` is revproxy/_http1.c's where it is built (it decides the plain common head itself, the same
+    Head, and hands this function every other one), else this one."""
     # With every CRLF taken out (the same left-to-right pairing as the split), any CR or LF left is a bare one, as
     # is any other control character: one C-level pass for the whole head, the finer tests only when it finds one.
     # `clean`: no control character anywhere but the CRLFs, so no field value needs its own check (worth its pass
@@ -315,18 +317,19 @@ def block_without_python(head: Head, drop: frozenset[bytes] | set[bytes]) -> byt
 
 
 PARSER = "python"
+parse_request = parse_request_python
 parse_response = parse_response_python
 block_without = block_without_python
 if os.environ.get("RPTURN_HTTP_PARSER", "") != "python":
     try:
         from revproxy import _http1
 
-        _http1.configure(Head, _KEEP_ALIVE, parse_response_python, block_without_python)
+        _http1.configure(Head, _KEEP_ALIVE, parse_response_python, block_without_python, parse_request_python)
     except (ImportError, TypeError):  # (no C compiler where it was installed, or a stale build: Python, the same)
         pass
     else:
         PARSER = "c"
-        parse_response, block_without = _http1.parse_response, _http1.block_without
+        parse_request, parse_response, block_without = _http1.parse_request, _http1.parse_response, _http1.block_without
 
 
 class BodyReader:

@@ -1,8 +1,9 @@
-"""Which response-head parser the proxy runs: revproxy/_http1.c where it is built (the install builds it, CI
-included), the pure-Python reference with RPTURN_HTTP_PARSER=python or without the extension. The Python one is
-also run here under the http1 unit tests, in a child process with RPTURN_HTTP_PARSER=python (as the
-relay's RPTURN_DATAGRAM_IO=python back-end), so CI covers the fallback too. That both give the same outcome for any
-head is tests/property/test_revproxy_http1_c_equivalence.py."""
+"""Which head parsers (the response's and the request's) the proxy runs: revproxy/_http1.c where it is built (the
+install builds it, CI included), the pure-Python reference with RPTURN_HTTP_PARSER=python or without the extension.
+The Python one is also run here under the http1 unit tests, in a child process with RPTURN_HTTP_PARSER=python (as
+the relay's RPTURN_DATAGRAM_IO=python back-end), so CI covers the fallback too. That both give the same outcome for
+any head is tests/property/test_revproxy_http1_c_equivalence.py (responses) and
+tests/property/test_revproxy_request_c_equivalence.py (requests)."""
 
 import os
 import subprocess
@@ -25,8 +26,10 @@ def run(args: list[str], parser: str | None) -> subprocess.CompletedProcess:
                                                    ("c", "c revproxy._http1"),
                                                    ("python", "python revproxy.http1")])
 def test_rpturn_http_parser_chooses_the_parser(setting, expected):
-    code = "from revproxy import http1; print(http1.PARSER, http1.parse_response.__module__)"
-    assert run(["-c", code], setting).stdout.split() == expected.split()
+    code = ("from revproxy import http1; "
+            "print(http1.PARSER, http1.parse_response.__module__, http1.parse_request.__module__)")
+    parser, module = expected.split()
+    assert run(["-c", code], setting).stdout.split() == [parser, module, module]
 
 
 def test_the_http1_unit_tests_pass_with_the_python_parser():
