@@ -2,7 +2,7 @@
 
 - `relay._mmsg` (Linux): recvmmsg/sendmmsg for the relay's UDP sockets and their steady-state relaying
   (relay/datagram.py; relay/_mmsg.c and relay/_mmsg_relay.c).
-- `revproxy._http1`: a node's response head parsed in C (revproxy/http1.py).
+- `revproxy._http1`: a node's response head and a client's request head parsed in C (revproxy/http1.py).
 Both are built by `pip install` (also editable) and need a C compiler and the Python headers (Debian: gcc,
 python3-dev). Both are optional: where they cannot be built the services run their pure-Python code, slower but the
 same.
