@@ -16,6 +16,7 @@ ext_modules = []
 if sys.platform.startswith("linux"):
     ext_modules.append(Extension("relay._mmsg", ["relay/_mmsg.c", "relay/_mmsg_relay.c"], depends=["relay/_mmsg.h"],
                                  optional=True, extra_compile_args=["-O2"]))
-ext_modules.append(Extension("revproxy._http1", ["revproxy/_http1.c"], optional=True, extra_compile_args=["-O2"]))
+ext_modules.append(Extension("revproxy._http1", ["revproxy/_http1.c", "revproxy/_http1_request.c"],
+                             depends=["revproxy/_http1.h"], optional=True, extra_compile_args=["-O2"]))
 
 setup(ext_modules=ext_modules)

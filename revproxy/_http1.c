@@ -25,31 +25,23 @@
  * implementation, which stays the reference: simple C is the safe C, and every error message comes from Python.
  * Every index is checked against the length; nothing is copied into a fixed buffer.
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "_http1.h"
+
 #include <structmember.h>
 
-#include <string.h>
-
-enum { NONE = 0, LENGTH = 1, CHUNKED = 2, UNTIL_CLOSE = 3 };  /* http1's body framing kinds */
-
-static PyObject *head_type;   /* revproxy.http1.Head */
+PyObject *head_type;          /* revproxy.http1.Head */
 static PyObject *keep_alive;  /* http1._KEEP_ALIVE, the shared frozenset({b"keep-alive"}) */
 static PyObject *fallback;    /* the pure-Python parse_response */
 static PyObject *fallback_without;  /* the pure-Python block_without */
 static PyObject *fallback_request;  /* the pure-Python parse_request */
-static PyObject *version_11, *version_10, *empty_frozenset;
+PyObject *version_11, *version_10, *empty_frozenset;
 
-/* Head's slots, as offsets into the instance (read from its member descriptors in configure) */
-enum { S_BLOCK, S_CLEAN_LENGTH, S_CONNECTION, S_FIELDS, S_FRAMING, S_LENGTH, S_LOWER, S_METHOD, S_NAMES, S_REASON,
-       S_STATUS, S_TARGET, S_UPGRADE, S_VERSION, S_COUNT };
 static const char *const slot_names[S_COUNT] = {"block", "clean_length", "connection", "fields", "framing", "length",
                                                 "lower", "method", "names", "reason", "status", "target", "upgrade",
                                                 "version"};
-static Py_ssize_t slot_offset[S_COUNT];
-
-static unsigned char token_char[256];  /* RFC 9110 tchar */
-static unsigned char value_bad[256];   /* refused in a field value or reason: C0 controls but HTAB, and DEL */
+Py_ssize_t slot_offset[S_COUNT];
+unsigned char token_char[256];
+unsigned char value_bad[256];
 
 static void init_tables(void) {
     const char *t = "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
@@ -58,10 +50,6 @@ static void init_tables(void) {
     for (int c = 0; c < 0x20; c++)
         value_bad[c] = c != 0x09;
     value_bad[0x7f] = 1;
-}
-
-static inline unsigned char lower_ascii(unsigned char c) {
-    return (c >= 'A' && c <= 'Z') ? (unsigned char)(c + 0x20) : c;
 }
 
 /* name[0:n] (any case) equals the lowercase `word` of length m */
@@ -74,13 +62,8 @@ static inline int name_is(const unsigned char *name, Py_ssize_t n, const char *w
     return 1;
 }
 
-/* bytes.strip() of what a checked value can hold (SP, HTAB; CR, LF, VT, FF never get this far) */
-static inline int is_space(unsigned char c) { return c == ' ' || c == '\t'; }
-
-typedef struct { Py_ssize_t start, end; } Span;
-
 /* frozenset of the comma-separated tokens of `v`, each stripped and lowercased (empty ones kept, as in Python) */
-static PyObject *connection_tokens(const unsigned char *p, Span v) {
+PyObject *connection_tokens(const unsigned char *p, Span v) {
     PyObject *set = PySet_New(NULL);
     if (set == NULL)
         return NULL;
@@ -132,7 +115,7 @@ static int ends_chunked(const unsigned char *p, Span v) {
 }
 
 /* A new Head with every slot set from `values` (references stolen, all non-NULL) */
-static PyObject *new_head(PyObject *values[S_COUNT]) {
+PyObject *new_head(PyObject *values[S_COUNT]) {
     PyTypeObject *type = (PyTypeObject *)head_type;
     PyObject *head = type->tp_alloc(type, 0);
     if (head == NULL) {
@@ -301,151 +284,6 @@ not_mine:
 error:
     Py_XDECREF(lower);
     Py_XDECREF(names);
-    if (!PyErr_Occurred())
-        PyErr_NoMemory();
-    return NULL;
-}
-
-/* A client's request head, as http1.parse_request_python parses it, for the plain common case only: NULL without
- * an exception for "not mine" (Python decides, and raises every HTTPError), NULL with one for an error.
- * Decided here: "token SP /target SP HTTP/1.x" (the target visible ASCII but '#', starting with '/'; not CONNECT),
- * then lines "\r\n" token ":" value with no control byte but HTAB, among them at most one Host (exactly one for
- * HTTP/1.1) and at most one Connection. Any other Host count, any Content-Length, Transfer-Encoding or Upgrade
- * field, a bare CR or LF, an empty or odd line: Python's. */
-static PyObject *decide_request(PyObject *data) {
-    if (head_type == NULL || !PyBytes_CheckExact(data))
-        return NULL;
-    const unsigned char *p = (const unsigned char *)PyBytes_AS_STRING(data);
-    Py_ssize_t n = PyBytes_GET_SIZE(data);
-
-    /* request line */
-    Py_ssize_t pos = 0;
-    while (pos < n && token_char[p[pos]])
-        pos++;
-    Py_ssize_t method_end = pos;
-    if (method_end == 0 || pos >= n || p[pos] != ' ')
-        return NULL;
-    if (method_end == 7 && memcmp(p, "CONNECT", 7) == 0)
-        return NULL;
-    Py_ssize_t target = ++pos;
-    while (pos < n && p[pos] > 0x20 && p[pos] < 0x7f && p[pos] != '#')
-        pos++;
-    Py_ssize_t target_end = pos;
-    if (target_end == target || p[target] != '/' || pos >= n || p[pos] != ' ')
-        return NULL;
-    pos++;
-    if (n - pos < 8 || memcmp(p + pos, "HTTP/1.", 7) != 0 || (p[pos + 7] != '0' && p[pos + 7] != '1'))
-        return NULL;
-    int v11 = p[pos + 7] == '1';
-    pos += 8;
-    if (pos < n && (pos + 1 >= n || p[pos] != '\r' || p[pos + 1] != '\n'))
-        return NULL;
-
-    /* fields */
-    PyObject *fields = PyList_New(0);
-    if (fields == NULL)
-        return NULL;
-    int hosts = 0, connections = 0;
-    Span connection = {0, 0};
-    while (pos < n) {
-        /* here p[pos] is the CR of a CRLF: the request line's, or the one the previous value stopped at */
-        if (pos + 1 >= n || p[pos] != '\r' || p[pos + 1] != '\n')
-            goto not_mine;
-        pos += 2;
-        Py_ssize_t name = pos;
-        while (pos < n && token_char[p[pos]])
-            pos++;
-        if (pos == name || pos >= n || p[pos] != ':')
-            goto not_mine;
-        Py_ssize_t name_end = pos++;
-        Py_ssize_t value = pos;
-        while (pos < n && p[pos] != '\r') {
-            if (value_bad[p[pos]])
-                goto not_mine;
-            pos++;
-        }
-        Span v = {value, pos};
-        while (v.start < v.end && is_space(p[v.start]))
-            v.start++;
-        while (v.end > v.start && is_space(p[v.end - 1]))
-            v.end--;
-        Py_ssize_t len = name_end - name;
-        PyObject *lname = PyBytes_FromStringAndSize(NULL, len);
-        if (lname == NULL)
-            goto error;
-        unsigned char *ln = (unsigned char *)PyBytes_AS_STRING(lname);
-        for (Py_ssize_t i = 0; i < len; i++)
-            ln[i] = lower_ascii(p[name + i]);
-        if ((len == 14 && memcmp(ln, "content-length", 14) == 0) ||
-            (len == 17 && memcmp(ln, "transfer-encoding", 17) == 0) || (len == 7 && memcmp(ln, "upgrade", 7) == 0)) {
-            Py_DECREF(lname);
-            goto not_mine;
-        }
-        if (len == 4 && memcmp(ln, "host", 4) == 0) {
-            hosts++;
-        } else if (len == 10 && memcmp(ln, "connection", 10) == 0) {
-            connections++;
-            connection = v;
-        }
-        PyObject *field = PyTuple_New(3);
-        if (field == NULL) {
-            Py_DECREF(lname);
-            goto error;
-        }
-        PyTuple_SET_ITEM(field, 0, lname);  /* (stolen; the tuple owns each item from here) */
-        PyObject *sent = PyBytes_FromStringAndSize((const char *)p + name, len);
-        PyObject *val = PyBytes_FromStringAndSize((const char *)p + v.start, v.end - v.start);
-        if (sent == NULL || val == NULL) {
-            Py_XDECREF(sent);
-            Py_XDECREF(val);
-            Py_DECREF(field);
-            goto error;
-        }
-        PyTuple_SET_ITEM(field, 1, sent);
-        PyTuple_SET_ITEM(field, 2, val);
-        int failed = PyList_Append(fields, field);
-        Py_DECREF(field);
-        if (failed)
-            goto error;
-    }
-    if (hosts > 1 || (v11 && hosts == 0) || connections > 1)
-        goto not_mine;
-
-    PyObject *vals[S_COUNT] = {NULL};
-    if (connections) {
-        vals[S_CONNECTION] = connection_tokens(p, connection);
-    } else {
-        Py_INCREF(empty_frozenset);
-        vals[S_CONNECTION] = empty_frozenset;
-    }
-    vals[S_BLOCK] = PyBytes_FromStringAndSize(NULL, 0);
-    vals[S_CLEAN_LENGTH] = PyBool_FromLong(0);
-    vals[S_FIELDS] = fields;
-    fields = NULL;
-    vals[S_FRAMING] = PyLong_FromLong(NONE);
-    vals[S_LENGTH] = PyLong_FromLong(0);
-    vals[S_LOWER] = PyBytes_FromStringAndSize(NULL, 0);
-    vals[S_METHOD] = PyBytes_FromStringAndSize((const char *)p, method_end);
-    vals[S_NAMES] = PyList_New(0);
-    vals[S_REASON] = PyBytes_FromStringAndSize(NULL, 0);
-    vals[S_STATUS] = PyLong_FromLong(0);
-    vals[S_TARGET] = PyBytes_FromStringAndSize((const char *)p + target, target_end - target);
-    vals[S_UPGRADE] = PyBytes_FromStringAndSize(NULL, 0);
-    vals[S_VERSION] = v11 ? version_11 : version_10;
-    Py_INCREF(vals[S_VERSION]);
-    for (int i = 0; i < S_COUNT; i++)
-        if (vals[i] == NULL) {
-            for (int j = 0; j < S_COUNT; j++)
-                Py_XDECREF(vals[j]);
-            return NULL;
-        }
-    return new_head(vals);
-
-not_mine:
-    Py_DECREF(fields);
-    return NULL;
-error:
-    Py_DECREF(fields);
     if (!PyErr_Occurred())
         PyErr_NoMemory();
     return NULL;
