@@ -7,7 +7,7 @@
  *                                         functions this module hands what it does not decide
  * decide(data, method) -> Head | None     the common head decided here; None: "not mine" (the tests use it)
  * parse_response(data, method) -> Head    decide(), else the Python fallback (which also raises every HTTPError)
- * decide_request(data) -> Head | None    the same for a client's request head
+ * decide_request(data) -> Head | None    the same for a client's request head (revproxy/_http1_request.c)
  * parse_request(data) -> Head             decide_request(), else the Python parse_request (and its HTTPErrors)
  * block_without(head, drop) -> bytes      a response's block without the lines of the fields named in `drop`, in
  *                                         one pass (Python's for a Head whose names do not match its block)
