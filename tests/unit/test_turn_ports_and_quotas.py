@@ -21,7 +21,20 @@ def test_even_port_with_r_bit_reserves_the_next_port_and_returns_a_token(harness
     _, port = reply.get(Attr.XOR_RELAYED_ADDRESS)
     token = reply.get(Attr.RESERVATION_TOKEN)
     assert port % 2 == 0 and len(token) == 8
-    assert harness.ports.held == {port, port + 1} and harness.opener.open_ports == {port}
+    # the odd port is held bound until the token is redeemed: no other process can take it meanwhile
+    assert harness.ports.held == {port, port + 1} and harness.opener.open_ports == {port, port + 1}
+
+
+def test_an_even_port_pair_whose_odd_port_another_process_holds_is_not_reserved():
+    """Reserving a port nobody can bind would turn the RTCP Allocate into a 508: that pair is passed over."""
+    harness = TurnHarness(min_port=50000, max_port=50003, busy_ports=(50001,))
+    reply = harness.client("alice").allocate((Attr.EVEN_PORT, True))
+    _, port = reply.get(Attr.XOR_RELAYED_ADDRESS)
+    assert port == 50002 and reply.get(Attr.RESERVATION_TOKEN) is not None
+    assert harness.opener.open_ports == {50002, 50003}
+    rtcp = harness.client("alice", address=("198.51.100.7", 40001))
+    second = rtcp.allocate((Attr.RESERVATION_TOKEN, reply.get(Attr.RESERVATION_TOKEN)))
+    assert second.get(Attr.XOR_RELAYED_ADDRESS)[1] == 50003
 
 
 def test_reservation_token_allocates_the_reserved_port(harness, client):
