@@ -114,13 +114,17 @@ static int ends_chunked(const unsigned char *p, Span v) {
     return name_is(p + a, b - a, "chunked", 7);
 }
 
-/* A new Head with every slot set from `values` (references stolen, all non-NULL) */
+/* A new Head with every slot set from `values` (references stolen). A NULL among them (a failed allocation, its
+ * exception set) releases the others and returns NULL, so callers fill the array without checking each. */
 PyObject *new_head(PyObject *values[S_COUNT]) {
     PyTypeObject *type = (PyTypeObject *)head_type;
-    PyObject *head = type->tp_alloc(type, 0);
+    int missing = 0;
+    for (int i = 0; i < S_COUNT; i++)
+        missing |= values[i] == NULL;
+    PyObject *head = missing ? NULL : type->tp_alloc(type, 0);
     if (head == NULL) {
         for (int i = 0; i < S_COUNT; i++)
-            Py_DECREF(values[i]);
+            Py_XDECREF(values[i]);
         return NULL;
     }
     for (int i = 0; i < S_COUNT; i++)
@@ -189,11 +193,7 @@ static PyObject *decide(PyObject *data, PyObject *method) {
             low[pos] = lower_ascii(p[pos]);
             pos++;
         }
-        Span v = {value, pos};
-        while (v.start < v.end && is_space(p[v.start]))
-            v.start++;
-        while (v.end > v.start && is_space(p[v.end - 1]))
-            v.end--;
+        Span v = trimmed(p, value, pos);
         PyObject *lname = PyBytes_FromStringAndSize((const char *)low + name, name_end - name);
         if (lname == NULL)
             goto error;
@@ -269,12 +269,6 @@ static PyObject *decide(PyObject *data, PyObject *method) {
                             : PyBytes_FromStringAndSize(NULL, 0);
     v[S_VERSION] = p[7] == '1' ? version_11 : version_10;
     Py_INCREF(v[S_VERSION]);
-    for (int i = 0; i < S_COUNT; i++)
-        if (v[i] == NULL) {
-            for (int j = 0; j < S_COUNT; j++)
-                Py_XDECREF(v[j]);
-            return NULL;
-        }
     return new_head(v);
 
 not_mine:

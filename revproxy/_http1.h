@@ -29,6 +29,15 @@ static inline int is_space(unsigned char c) { return c == ' ' || c == '\t'; }
 
 typedef struct { Py_ssize_t start, end; } Span;
 
+/* p[start:end] without the spaces and tabs around it (a field value, as Python's strip(b" \t")) */
+static inline Span trimmed(const unsigned char *p, Py_ssize_t start, Py_ssize_t end) {
+    while (start < end && is_space(p[start]))
+        start++;
+    while (end > start && is_space(p[end - 1]))
+        end--;
+    return (Span){start, end};
+}
+
 /* frozenset of the comma-separated tokens of `v`, each stripped and lowercased (empty ones kept, as in Python) */
 PyObject *connection_tokens(const unsigned char *p, Span v);
 /* A new Head with every slot set from `values` (references stolen, all non-NULL) */

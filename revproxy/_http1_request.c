@@ -64,11 +64,7 @@ PyObject *decide_request(PyObject *data) {
                 goto not_mine;
             pos++;
         }
-        Span v = {value, pos};
-        while (v.start < v.end && is_space(p[v.start]))
-            v.start++;
-        while (v.end > v.start && is_space(p[v.end - 1]))
-            v.end--;
+        Span v = trimmed(p, value, pos);
         Py_ssize_t len = name_end - name;
         PyObject *lname = PyBytes_FromStringAndSize(NULL, len);
         if (lname == NULL)
@@ -133,12 +129,6 @@ PyObject *decide_request(PyObject *data) {
     vals[S_UPGRADE] = PyBytes_FromStringAndSize(NULL, 0);
     vals[S_VERSION] = v11 ? version_11 : version_10;
     Py_INCREF(vals[S_VERSION]);
-    for (int i = 0; i < S_COUNT; i++)
-        if (vals[i] == NULL) {
-            for (int j = 0; j < S_COUNT; j++)
-                Py_XDECREF(vals[j]);
-            return NULL;
-        }
     return new_head(vals);
 
 not_mine:

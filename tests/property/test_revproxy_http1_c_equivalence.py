@@ -12,42 +12,23 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from revproxy import _http1, http1
+from tests.support.http_heads import any_case, mostly, outcome
 from tests.support.strategies import mutated, scaled
 
-_SLOTS = http1.Head.__slots__
 _METHODS = st.sampled_from([b"GET", b"HEAD", b"CONNECT", b"POST", b"head", b""])
-
-
-def outcome(parse, data: bytes, method: bytes) -> tuple:
-    try:
-        head = parse(data, method)
-    except http1.HTTPError as e:
-        return ("error", e.status, e.detail)
-    return ("head", *[(name, getattr(head, name)) for name in _SLOTS])
-
-
-def _mostly(good: st.SearchStrategy[bytes], odd: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
-    """`good` nine times in ten, else `odd` (so that most heads get past the checks to the framing)."""
-    return st.integers(0, 9).flatmap(lambda i: odd if i == 0 else good)
-
-
-def _case(word: bytes) -> st.SearchStrategy[bytes]:
-    """`word` as sent in any letter case."""
-    return st.lists(st.booleans(), min_size=len(word), max_size=len(word)).map(
-        lambda ups: bytes(b - 32 if up and 0x61 <= b <= 0x7A else b for b, up in zip(word, ups, strict=True)))
 
 
 def _visible(data: bytes) -> bytes:
     return bytes(b for b in data if b >= 0x20 and b != 0x7F)
 
 
-_NAMES = _mostly(
+_NAMES = mostly(
     st.one_of(st.sampled_from([b"content-length", b"transfer-encoding", b"connection", b"upgrade", b"keep-alive",
-                               b"server", b"content-type", b"x-hop", b"te"]).flatmap(_case),
+                               b"server", b"content-type", b"x-hop", b"te"]).flatmap(any_case),
               st.text(alphabet="!#$%&'*+-.^_`|~09AZaz", min_size=1, max_size=6).map(str.encode)),
     st.sampled_from([b"", b"Content-Length ", b" Connection", b"X(A)", b"X\x80", b"Content_Length"]),
 )
-_VALUES = _mostly(
+_VALUES = mostly(
     st.sampled_from([b"0", b"5", b"12", b"007", b"-1", b"+5", b"5, 5", b"5,6", b"5 5", b"", b"1" * 18, b"1" * 19,
                      b"9" * 18, b"99999999999999999999999", b"chunked", b"gzip, chunked", b"chunked, gzip", b"Chunked",
                      b"keep-alive", b"Keep-Alive", b"close", b"keep-alive, x-hop", b"close,,te", b" ,", b"websocket",
@@ -59,12 +40,12 @@ _WS = st.sampled_from([b"", b" ", b"\t", b"  \t"])
 
 @st.composite
 def heads(draw: st.DrawFn) -> bytes:
-    version = draw(_mostly(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]),
+    version = draw(mostly(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]),
                            st.sampled_from([b"HTTP/1.2", b"HTTP/2.0", b"http/1.1", b"HTTP/1.1 "])))
     status = b"%03d" % draw(st.integers(0, 999)) if draw(st.integers(0, 9)) else draw(
         st.sampled_from([b"20", b"2000", b"2x0", b" 200", b""]))
     reason = draw(st.one_of(st.none(), st.sampled_from([b"", b"OK", b"Not Modified", b"a\tb", b"\xff"]),
-                            _mostly(st.binary(max_size=6).map(_visible), st.binary(max_size=6))))
+                            mostly(st.binary(max_size=6).map(_visible), st.binary(max_size=6))))
     line = version + b" " + status + (b"" if reason is None else b" " + reason)
     fields = draw(st.lists(st.tuples(_NAMES, _WS, _VALUES, _WS), max_size=8))
     return line + b"".join(b"\r\n" + n + b":" + w1 + v + w2 for n, w1, v, w2 in fields)

@@ -12,46 +12,26 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from revproxy import _http1, http1
+from tests.support.http_heads import any_case, mostly, outcome
 from tests.support.strategies import mutated
 
-_SLOTS = http1.Head.__slots__
-
-
-def outcome(parse, data: bytes) -> tuple:
-    try:
-        head = parse(data)
-    except http1.HTTPError as e:
-        return ("error", e.status, e.detail)
-    return ("head", *[(name, getattr(head, name)) for name in _SLOTS])
-
-
-def _mostly(good: st.SearchStrategy[bytes], odd: st.SearchStrategy[bytes]) -> st.SearchStrategy[bytes]:
-    """`good` nine times in ten, else `odd` (so that most heads get past the checks to the fields)."""
-    return st.integers(0, 9).flatmap(lambda i: odd if i == 0 else good)
-
-
-def _case(word: bytes) -> st.SearchStrategy[bytes]:
-    """`word` as sent in any letter case."""
-    return st.lists(st.booleans(), min_size=len(word), max_size=len(word)).map(
-        lambda ups: bytes(b - 32 if up and 0x61 <= b <= 0x7A else b for b, up in zip(word, ups, strict=True)))
-
-
 _CONTROLS = st.sampled_from([*range(0x00, 0x20), 0x7F, *range(0x80, 0xA0), 0xFF]).map(lambda b: bytes([b]))
-_METHOD = _mostly(st.sampled_from([b"GET", b"HEAD", b"POST", b"PUT", b"OPTIONS", b"X_Y", b"get"]),
+_METHOD = mostly(st.sampled_from([b"GET", b"HEAD", b"POST", b"PUT", b"OPTIONS", b"X_Y", b"get"]),
                   st.sampled_from([b"", b"CONNECT", b"G T", b"G\tT", b"G(T", b"GET\x80", b"\x00"]))
-_TARGET = _mostly(st.one_of(st.sampled_from([b"/", b"/a?b=c", b"/api/client/v2/x?y=%20", b"//x", b"/~!$&'()*+,;=:@"]),
+_TARGET = mostly(st.one_of(st.sampled_from([b"/", b"/a?b=c", b"/api/client/v2/x?y=%20", b"//x", b"/~!$&'()*+,;=:@"]),
                             st.text(alphabet="/azAZ09-._~%?&=#", max_size=12).map(lambda t: b"/" + t.encode())),
                   st.sampled_from([b"", b"*", b"http://h/x", b"HTTPS://h?q", b"h/x", b"/a#b", b"/a\x7f", b"/\x80",
                                    b"/a b", b"/a\tb", b"/\xc3\xa9", b"/" + b"a" * 20000]))
-_VERSION = _mostly(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]),
+_VERSION = mostly(st.sampled_from([b"HTTP/1.1", b"HTTP/1.0"]),
                    st.sampled_from([b"HTTP/1.2", b"HTTP/2.0", b"http/1.1", b"HTTP/1.1 ", b"HTTP/1", b""]))
-_NAMES = _mostly(
+_NAMES = mostly(
     st.one_of(st.sampled_from([b"host", b"host", b"connection", b"content-length", b"transfer-encoding", b"upgrade",
-                               b"user-agent", b"accept", b"x_forwarded_for", b"content_length", b"te"]).flatmap(_case),
+                               b"user-agent", b"accept", b"x_forwarded_for", b"content_length", b"te"])
+              .flatmap(any_case),
               st.text(alphabet="!#$%&'*+-.^_`|~09AZaz", min_size=1, max_size=6).map(str.encode)),
     st.sampled_from([b"", b"Host ", b" Host", b"X(A)", b"X\x80", b"X A", b"\tX"]),
 )
-_VALUES = _mostly(
+_VALUES = mostly(
     st.sampled_from([b"", b"localhost", b"a:1", b"0", b"5", b"5, 5", b"chunked", b"gzip, chunked", b"keep-alive",
                      b"Keep-Alive, Upgrade", b"close", b"close,,te", b" ,", b"websocket", b"a\tb", b"\xc3\xa9",
                      b"x" * 9000]),
