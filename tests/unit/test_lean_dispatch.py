@@ -90,18 +90,24 @@ def test_do_read_saying_done_disconnects(epoll, pair) -> None:
     assert sel not in epoll.getReaders()
 
 
-def test_do_read_raising_is_logged_with_the_selectables_prefix_and_disconnects(epoll, pair) -> None:
-    a, b = pair
-    sel = Readable(b, ZeroDivisionError("boom"))
+def read_once(epoll, sel, peer: socket.socket) -> list[dict]:
+    """`sel` watched through the lean dispatch, one byte from `peer`, one reactor turn: the log events it made."""
     epoll.addReader(sel)
     lean_dispatch.install(epoll)
     events: list[dict] = []
     log.addObserver(events.append)
     try:
-        a.send(b"x")
+        peer.send(b"x")
         epoll.doIteration(1.0)
     finally:
         log.removeObserver(events.append)
+    return events
+
+
+def test_do_read_raising_is_logged_with_the_selectables_prefix_and_disconnects(epoll, pair) -> None:
+    a, b = pair
+    sel = Readable(b, ZeroDivisionError("boom"))
+    events = read_once(epoll, sel, a)
     failures = [e for e in events if e.get("isError")]
     assert len(failures) == 1
     assert failures[0]["failure"].check(ZeroDivisionError)
@@ -145,15 +151,7 @@ def test_a_half_closeable_selectable_ends_as_under_twisteds_dispatch(epoll, pair
     is a failure, and the whole connection is lost."""
     a, b = pair
     sel = HalfCloseable(b, raised)
-    epoll.addReader(sel)
-    lean_dispatch.install(epoll)
-    events: list[dict] = []
-    log.addObserver(events.append)
-    try:
-        a.send(b"x")
-        epoll.doIteration(1.0)
-    finally:
-        log.removeObserver(events.append)
+    read_once(epoll, sel, a)
     assert len(sel.lost) == 1
     if raised:
         assert not isinstance(sel.lost[0], tuple) and sel.lost[0].check(error.ConnectionDone)
